@@ -1,0 +1,192 @@
+"""Operations the CLI shares: publishing files, waiting until the pipeline has processed everything, reaching
+the ClickHouse of a running worker, and running a worker in a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from core.settings import Settings
+from streams.kafka import client_kwargs, ensure_topics
+
+
+def _key_of(line: bytes) -> bytes | None:
+    try:
+        d = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    k = d.get("userId") or d.get("user_id") or d.get("anonymousId") or d.get("anonymous_id")
+    return str(k).encode() if k is not None else None
+
+
+async def publish_lines(s: Settings, lines: list[bytes], topic: str | None = None) -> int:
+    """Publish raw lines as they are (bad ones too: that is what the DLQ is for), keyed by the person's id."""
+    await ensure_topics(s)
+    producer = AIOKafkaProducer(**client_kwargs(s), acks="all", linger_ms=20, max_batch_size=512 * 1024,
+                                enable_idempotence=True)
+    await producer.start()
+    try:
+        pending = []
+        for line in lines:
+            pending.append(await producer.send(topic or s.raw_topic, line, key=_key_of(line)))
+            if len(pending) >= 20000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return len(lines)
+
+
+def read_lines(path: str) -> list[bytes]:
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    return [ln for ln in data.splitlines() if ln.strip()]
+
+
+async def end_offsets(s: Settings, topic: str) -> dict[int, int]:
+    c = AIOKafkaConsumer(**client_kwargs(s))
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        if not parts:
+            await c._client.force_metadata_update()  # noqa: SLF001 - fresh metadata for a new topic
+            parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        ends = await c.end_offsets(tps) if tps else {}
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await c.stop()
+
+
+async def committed_offsets(s: Settings, group: str, topic: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(**client_kwargs(s))
+    await admin.start()
+    try:
+        got = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in got.items() if tp.topic == topic and meta.offset >= 0}
+    finally:
+        await admin.close()
+
+
+async def _caught_up(s: Settings, group: str, topic: str, target: dict[int, int]) -> bool:
+    done = await committed_offsets(s, group, topic)
+    return all(done.get(p, 0) >= off for p, off in target.items() if off > 0)
+
+
+async def wait_processed(s: Settings, timeout_s: float = 600.0, poll_s: float = 0.25) -> None:
+    """Return when everything on the raw topic now has been ingested, and every envelope that came of it (and
+    the heartbeats after it, which fire due timers) has been processed, sunk and committed."""
+    deadline = time.monotonic() + timeout_s
+    raw_end = await end_offsets(s, s.raw_topic)
+    while not await _caught_up(s, s.ingest_group, s.raw_topic, raw_end):
+        if time.monotonic() > deadline:
+            raise TimeoutError("ingest did not catch up with the raw topic")
+        await asyncio.sleep(poll_s)
+    # Two heartbeats after catching up carry a watermark that has moved past everything read.
+    await asyncio.sleep(2 * s.heartbeat_s + 0.2)
+    env_end = await end_offsets(s, s.person_events_topic)
+    while not await _caught_up(s, s.app_id, s.person_events_topic, env_end):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the person stage did not catch up")
+        await asyncio.sleep(poll_s)
+
+
+# --- a running worker ------------------------------------------------------------------------------------------
+
+def running_worker(s: Settings) -> dict[str, Any] | None:
+    """The worker of this deployment (prefix) running on this machine, if it answers."""
+    try:
+        info = orjson.loads(s.worker_file.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, PermissionError, KeyError, ValueError):
+        return None
+    try:
+        with urllib.request.urlopen(info["url"] + "/healthz", timeout=2) as r:
+            info["health"] = orjson.loads(r.read())
+    except (urllib.error.URLError, OSError):
+        return None
+    return info
+
+
+def worker_query(info: dict[str, Any], sql: str, fmt: str) -> bytes:
+    req = urllib.request.Request(info["url"] + "/admin/sql", data=orjson.dumps({"query": sql, "format": fmt}),
+                                 headers={"X-CDP-Admin-Token": info["token"], "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.read()
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(orjson.loads(exc.read()).get("error", str(exc))) from None
+
+
+def query(s: Settings, sql: str, fmt: str = "TabSeparatedWithNames") -> bytes:
+    """Run SQL on the configured ClickHouse: directly, or through the running worker that holds chDB."""
+    if s.clickhouse_url.startswith("chdb://"):
+        info = running_worker(s)
+        if info is not None:
+            return worker_query(info, sql, fmt)
+    from sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(s.clickhouse_url)
+    try:
+        sink.migrate()
+        return sink.query(sql, fmt)
+    finally:
+        sink.close()
+
+
+class WorkerProcess:
+    """``cdp worker`` in a child process, for replay, the demo, the benchmark and integration tests."""
+
+    def __init__(self, env: dict[str, str] | None = None, log_path: Path | None = None):
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, s: Settings, timeout_s: float = 90.0) -> None:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "cdp_cli.main", "worker"], env=self.env,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
+            info = running_worker(s)
+            if info and info["health"]["ingest"] and info["health"]["ingest"]["running"] \
+                    and info["health"]["ingest"]["assigned"]:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"worker not ready in {timeout_s}s; log: {self.log_path}")
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

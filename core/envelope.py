@@ -1,0 +1,69 @@
+"""Envelopes: many validated events in one Kafka message on the internal person-partitioned topic.
+
+Faust's cost is per Kafka message delivered through a stream (docs/performance.md); carrying a whole batch of a
+partition's events in one message pays it once per batch instead of once per event. An envelope also carries the
+ingest's event-time watermark, so timers downstream fire at their deadlines even when no event arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+ENVELOPE_VERSION = 1
+# Stay well under Kafka's default 1 MB message limit.
+MAX_ENVELOPE_BYTES = 700_000
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One validated event as it travels: person key, event time, receive time, where it came from, the event."""
+
+    pk: str
+    ts: int
+    rcv: int
+    src: tuple[int, int]  # raw partition, raw offset
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    source: str  # which ingest instance sent it (watermarks are tracked per source)
+    watermark: int  # event time (ms) before which this source will send nothing more
+    entries: tuple[Entry, ...]
+
+
+def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int, event_json: bytes) -> bytes:
+    return orjson.dumps(
+        {"pk": pk, "ts": ts, "rcv": rcv, "src": (raw_partition, raw_offset), "e": orjson.Fragment(event_json)}
+    )
+
+
+def encode_envelopes(source: str, watermark: int, entries: list[bytes]) -> list[bytes]:
+    """Pack encoded entries into as few envelopes as fit the size limit (an empty list gives one heartbeat)."""
+    head = orjson.dumps({"v": ENVELOPE_VERSION, "src": source, "wm": watermark})[:-1] + b',"events":['
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = len(head)
+    for e in entries:
+        if chunk and size + len(e) + 1 > MAX_ENVELOPE_BYTES:
+            out.append(head + b",".join(chunk) + b"]}")
+            chunk, size = [], len(head)
+        chunk.append(e)
+        size += len(e) + 1
+    if chunk or not out:
+        out.append(head + b",".join(chunk) + b"]}")
+    return out
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    d = orjson.loads(raw)
+    if d.get("v") != ENVELOPE_VERSION:
+        raise ValueError(f"unknown envelope version {d.get('v')!r}")
+    return Envelope(
+        source=d["src"],
+        watermark=int(d["wm"]),
+        entries=tuple(Entry(e["pk"], e["ts"], e["rcv"], tuple(e["src"]), e["e"]) for e in d["events"]),
+    )

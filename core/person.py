@@ -1,0 +1,203 @@
+"""Per-person state and the person stage (pure): events and watermarks in, new state, sink rows and actions out.
+
+One ``PersonState`` per person is the only per-person state the pipeline keeps; later stages (identity, tags,
+scores, journeys) extend it. It is written once per person per envelope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from core.envelope import Entry
+from core.ids import action_id, oneid_for
+from rules.loader import RuleSet, TriggerRule
+
+STATE_VERSION = 1
+# messageId de-duplication: ids kept per person, and for how long (event time).
+DEDUPE_MAX_IDS = 1000
+DEDUPE_WINDOW_MS = 7 * 86_400_000
+CONTACT_TYPES = ("phone", "email", "wechat_openid", "wechat_unionid", "miniapp_openid", "device_id", "crm_id")
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _mid(message_id: str) -> str:
+    return hashlib.blake2b(message_id.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(slots=True)
+class Pending:
+    """An armed trigger: ``since`` is the event time of the ``when`` event, ``deadline`` when it fires."""
+
+    since: int
+    deadline: int
+    message_id: str
+
+
+@dataclass(slots=True)
+class PersonState:
+    oneid: str
+    key: str
+    n_events: int = 0
+    first_ts: int = 0
+    last_ts: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    last_seen: dict[str, int] = field(default_factory=dict)  # event name -> latest event time
+    contacts: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)  # message-id digest -> event time
+    pending: dict[str, Pending] = field(default_factory=dict)  # rule id -> armed trigger
+    fired: dict[str, int] = field(default_factory=dict)  # rule id -> event time it last fired
+
+    @classmethod
+    def new(cls, key: str) -> PersonState:
+        return cls(oneid=oneid_for(key), key=key)
+
+    def next_deadline(self) -> int | None:
+        return min((p.deadline for p in self.pending.values()), default=None)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({
+            "v": STATE_VERSION, "oneid": self.oneid, "key": self.key, "n": self.n_events,
+            "first": self.first_ts, "last": self.last_ts, "counts": self.counts, "last_seen": self.last_seen,
+            "contacts": self.contacts, "seen": self.seen,
+            "pending": {r: (p.since, p.deadline, p.message_id) for r, p in self.pending.items()},
+            "fired": self.fired,
+        })
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> PersonState:
+        d = orjson.loads(raw)
+        return cls(oneid=d["oneid"], key=d["key"], n_events=d["n"], first_ts=d["first"], last_ts=d["last"],
+                   counts=d["counts"], last_seen=d["last_seen"], contacts=d["contacts"], seen=d["seen"],
+                   pending={r: Pending(*p) for r, p in d["pending"].items()}, fired=d["fired"])
+
+
+@dataclass(slots=True)
+class ActionOut:
+    channel: str
+    oneid: str
+    action: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Dropped:
+    reason: str
+    detail: dict[str, Any]
+
+
+@dataclass(slots=True)
+class PersonResult:
+    state: PersonState
+    accepted: list[Entry] = field(default_factory=list)  # new events, to be sunk
+    duplicates: int = 0
+    actions: list[ActionOut] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+
+
+def _event_name(e: dict[str, Any]) -> str:
+    t = e.get("type", "track")
+    return e.get("event") or t if t == "track" else t
+
+
+def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet) -> PersonResult:
+    """Fold one person's new events into their state. Out-of-order events are handled by event time."""
+    res = PersonResult(state=state)
+    triggers = rules.enabled_triggers()
+    for en in sorted(entries, key=lambda x: x.ts):
+        ev = en.event
+        mid = _mid(ev["message_id"])
+        if mid in state.seen:
+            res.duplicates += 1
+            continue
+        state.seen[mid] = en.ts
+        res.accepted.append(en)
+        name = _event_name(ev)
+        state.n_events += 1
+        state.first_ts = en.ts if state.first_ts == 0 else min(state.first_ts, en.ts)
+        state.last_ts = max(state.last_ts, en.ts)
+        state.counts[name] = state.counts.get(name, 0) + 1
+        if en.ts > state.last_seen.get(name, 0):
+            state.last_seen[name] = en.ts
+        for t in CONTACT_TYPES:
+            v = (ev.get("identities") or {}).get(t) or (ev.get("traits") or {}).get(t)
+            if isinstance(v, str) and v:
+                state.contacts[t] = v
+        for rule in triggers:
+            _trigger_on_event(state, rule, name, en, res)
+    _prune_seen(state)
+    return res
+
+
+def _trigger_on_event(state: PersonState, rule: TriggerRule, name: str, en: Entry, res: PersonResult) -> None:
+    pend = state.pending.get(rule.id)
+    if name == rule.unless and pend is not None and pend.since <= en.ts <= pend.deadline:
+        del state.pending[rule.id]
+        return
+    if name != rule.when:
+        return
+    if pend is not None and pend.since <= en.ts:
+        return  # already armed by an earlier 'when'; the first one starts the clock
+    # The 'unless' event may already have been seen, out of order, inside this window.
+    if rule.unless and en.ts <= state.last_seen.get(rule.unless, -1) <= en.ts + rule.wait_ms:
+        return
+    last = state.fired.get(rule.id)
+    if last is not None and rule.cooldown_ms and en.ts < last + rule.cooldown_ms:
+        res.dropped.append(Dropped("cooldown", {"rule": rule.id, "message_id": en.event["message_id"]}))
+        return
+    state.pending[rule.id] = Pending(en.ts, en.ts + rule.wait_ms, en.event["message_id"])
+
+
+def _prune_seen(state: PersonState) -> None:
+    if not state.seen:
+        return
+    horizon = state.last_ts - DEDUPE_WINDOW_MS
+    if len(state.seen) > DEDUPE_MAX_IDS or next(iter(state.seen.values())) < horizon:
+        keep = sorted(((ts, m) for m, ts in state.seen.items() if ts >= horizon), reverse=True)[:DEDUPE_MAX_IDS]
+        state.seen = {m: ts for ts, m in sorted(keep)}
+
+
+def fire_due(state: PersonState, watermark: int, rules: RuleSet, now_ms: int) -> PersonResult:
+    """Fire every armed trigger whose deadline event time has passed the watermark."""
+    res = PersonResult(state=state)
+    by_id = {r.id: r for r in rules.triggers}
+    for rid, pend in list(state.pending.items()):
+        if pend.deadline > watermark:
+            continue
+        del state.pending[rid]
+        rule = by_id.get(rid)
+        if rule is None or not rule.enabled:
+            res.dropped.append(Dropped("rule_removed", {"rule": rid}))
+            continue
+        state.fired[rid] = pend.deadline
+        to_type = rule.action.to
+        contact = state.contacts.get(to_type)
+        if not contact:
+            res.dropped.append(Dropped("no_contact", {"rule": rid, "needs": to_type, "oneid": state.oneid}))
+            continue
+        action = {
+            "action_id": action_id(rid, state.oneid, pend.since),
+            "rule_id": rid,
+            "rule_version": rule.version,
+            "oneid": state.oneid,
+            "channel": rule.action.channel.value,
+            "template": rule.action.template,
+            "params": dict(rule.action.params),
+            "to": {to_type: contact},
+            "reason": {
+                "rule": rid, "when": rule.when, "unless": rule.unless, "wait_ms": rule.wait_ms,
+                "trigger_message_id": pend.message_id, "trigger_at": iso(pend.since), "deadline": iso(pend.deadline),
+                "rules_digest": rules.digest,
+            },
+            "created_at": iso(now_ms),
+            "not_before": iso(now_ms),
+            "expires_at": iso(pend.deadline + rule.action.expires_after_ms),
+        }
+        res.actions.append(ActionOut(rule.action.channel.value, state.oneid, action))
+    return res

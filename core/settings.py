@@ -1,0 +1,98 @@
+"""Deployment settings: ``CDP_*`` environment variables, or a ``.env`` file in the working directory."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CDP_", env_file=".env", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    clickhouse_url: str = "chdb://.local/clickhouse"
+    rules_dir: Path = Field(default=Path("rules"))
+    topic_prefix: str = Field(default="cdp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    write_keys: str = ""
+    pii_salt: str = ""
+    data_dir: Path = Path(".local")
+    # Partitions of the topics the pipeline creates; the unit of parallelism (one worker process per few).
+    partitions: int = Field(default=4, ge=1, le=1024)
+    # Event time: how late an event may arrive and still be counted before timers fire past it.
+    allowed_lateness_s: float = Field(default=5.0, ge=0)
+    # How often an idle ingest tells downstream that event time has moved on (drives timers when no events come).
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    # ClickHouse sink: flush a batch at this many rows or this age, whichever comes first.
+    sink_batch_rows: int = Field(default=20000, ge=1)
+    sink_batch_ms: int = Field(default=500, ge=1)
+    # Ingest: most raw records handled per batch.
+    ingest_batch: int = Field(default=5000, ge=1)
+    # Kafka security, passed through to every client.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    log_level: str = "WARNING"
+
+    @cached_property
+    def resolved_rules_dir(self) -> Path:
+        """The configured rules directory, else the defaults shipped with the package."""
+        if self.rules_dir.is_dir():
+            return self.rules_dir
+        return PACKAGE_RULES_DIR
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def raw_topic(self) -> str:
+        return self.topic("events.raw")
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic("events.dlq")
+
+    @property
+    def person_events_topic(self) -> str:
+        """Internal: validated events in envelopes, partitioned by person."""
+        return self.topic("internal.events-by-person")
+
+    @property
+    def profile_changes_topic(self) -> str:
+        return self.topic("profile.changes")
+
+    def action_topic(self, channel: str) -> str:
+        return self.topic(f"actions.{channel}")
+
+    @property
+    def feedback_topic(self) -> str:
+        return self.topic("actions.feedback")
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.topic_prefix}-pipeline"
+
+    @property
+    def ingest_group(self) -> str:
+        return f"{self.topic_prefix}-ingest"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state" / self.topic_prefix
+
+    @property
+    def worker_file(self) -> Path:
+        """Written by a running worker so `cdp sql` can reach it (embedded ClickHouse allows one process)."""
+        return self.data_dir / f"worker-{self.topic_prefix}.json"
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

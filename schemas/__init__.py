@@ -1,0 +1,1 @@
+"""Public data shapes: events apps send, actions senders receive, bad rows the pipeline keeps."""

@@ -1,0 +1,53 @@
+"""Action JSON (what senders consume from ``cdp.actions.<channel>``) and delivery feedback."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Channel(StrEnum):
+    sms = "sms"
+    email = "email"
+    push = "push"
+    wechat = "wechat"
+    crm = "crm"
+    webhook = "webhook"
+
+
+class Action(BaseModel):
+    """One thing a sender must do for one person. ``action_id`` is the idempotency key end to end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action_id: str = Field(description="deterministic: same rule, person and window give the same id")
+    rule_id: str
+    rule_version: int
+    oneid: str
+    channel: Channel
+    template: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    to: dict[str, str] = Field(default_factory=dict, description="contact identifiers the sender needs, by type")
+    reason: dict[str, Any] = Field(default_factory=dict, description="the rule, events and values that fired it")
+    created_at: datetime
+    not_before: datetime
+    expires_at: datetime
+
+
+class FeedbackStatus(StrEnum):
+    delivered = "delivered"
+    failed = "failed"
+    opened = "opened"
+    clicked = "clicked"
+    bounced = "bounced"
+    unsubscribed = "unsubscribed"
+
+
+class Feedback(BaseModel):
+    action_id: str
+    status: FeedbackStatus
+    at: datetime
+    detail: dict[str, Any] | str | None = None

@@ -1,0 +1,48 @@
+"""Bad rows: what the pipeline keeps of an event it could not process, on ``cdp.events.dlq``.
+
+A bad row carries the original bytes (as text, or base64 when they are not UTF-8) so it can be replayed after a
+rule or schema fix; ``stage`` and ``reason`` are also Kafka headers so operators can filter without decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+BAD_ROW_SCHEMA_VERSION = 1
+
+
+class Stage(StrEnum):
+    decode = "decode"  # not JSON, or not a JSON object
+    validate = "validate"  # JSON, but not a valid event
+    process = "process"  # valid, but a pipeline step failed on it
+
+
+class BadRow(BaseModel):
+    schema_version: int = BAD_ROW_SCHEMA_VERSION
+    stage: Stage
+    reason: str = Field(description="short, stable, machine-readable cause, e.g. invalid_json, schema")
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    payload: str = Field(description="the original message value, as text")
+    payload_encoding: str = Field(default="utf-8", description="utf-8, or base64 when the bytes were not UTF-8")
+    key: str | None = None
+    source: dict[str, Any] = Field(default_factory=dict, description="topic, partition, offset it was read at")
+    received_at: str
+
+    @staticmethod
+    def encode_payload(raw: bytes) -> tuple[str, str]:
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii"), "base64"
+
+    def original_bytes(self) -> bytes:
+        if self.payload_encoding == "base64":
+            return base64.b64decode(self.payload)
+        return self.payload.encode("utf-8")
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("cdp-error-stage", self.stage.value.encode()), ("cdp-error-reason", self.reason.encode())]

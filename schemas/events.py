@@ -1,0 +1,119 @@
+"""The event JSON of the public contract: a superset of Segment's tracking spec.
+
+One pydantic model validates every call type. Segment's camelCase names and snake_case spellings are both
+accepted (``messageId`` / ``message_id``); the model dumps the snake_case form the pipeline uses internally.
+Validation is strict where a wrong value would corrupt a person (ids, types, timestamps) and lenient where apps
+differ harmlessly (extra top-level keys are kept in ``extra`` rather than rejected).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_MESSAGE_ID_LEN = 100
+MAX_ID_LEN = 256
+
+
+class EventType(StrEnum):
+    track = "track"
+    identify = "identify"
+    page = "page"
+    screen = "screen"
+    alias = "alias"
+    group = "group"
+
+
+def _alias(camel: str, snake: str) -> AliasChoices:
+    return AliasChoices(camel, snake)
+
+
+class Event(BaseModel):
+    """One behaviour event, as an app sends it."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", str_strip_whitespace=True, frozen=False)
+
+    type: EventType
+    message_id: str = Field(
+        validation_alias=_alias("messageId", "message_id"), min_length=1, max_length=MAX_MESSAGE_ID_LEN
+    )
+    event: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=500)
+    user_id: str | None = Field(default=None, validation_alias=_alias("userId", "user_id"), max_length=MAX_ID_LEN)
+    anonymous_id: str | None = Field(
+        default=None, validation_alias=_alias("anonymousId", "anonymous_id"), max_length=MAX_ID_LEN
+    )
+    previous_id: str | None = Field(
+        default=None, validation_alias=_alias("previousId", "previous_id"), max_length=MAX_ID_LEN
+    )
+    group_id: str | None = Field(default=None, validation_alias=_alias("groupId", "group_id"), max_length=MAX_ID_LEN)
+    identities: dict[str, str] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime | None = None
+    sent_at: datetime | None = Field(default=None, validation_alias=_alias("sentAt", "sent_at"))
+
+    @field_validator("user_id", "anonymous_id", "previous_id", "group_id", mode="before")
+    @classmethod
+    def _ids_as_text(cls, v: Any) -> Any:
+        # Segment SDKs send numeric user ids as numbers; they are the same person as the string form.
+        if isinstance(v, bool):
+            raise ValueError("an id must be a string or a number, not a boolean")
+        if isinstance(v, int):
+            return str(v)
+        return v
+
+    @field_validator("identities", mode="before")
+    @classmethod
+    def _identities_as_text(cls, v: Any) -> Any:
+        if v is None:
+            return {}
+        if isinstance(v, dict):
+            out = {}
+            for k, val in v.items():
+                if val is None:
+                    continue
+                if isinstance(val, bool) or not isinstance(val, str | int):
+                    raise ValueError(f"identities.{k} must be a string or a number")
+                out[k] = str(val)
+            return out
+        return v
+
+    @field_validator("timestamp", "sent_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        # Naive timestamps are taken as UTC, as Segment does.
+        if v is not None and v.tzinfo is None:
+            return v.replace(tzinfo=UTC)
+        return v
+
+    @model_validator(mode="after")
+    def _per_type(self) -> Event:
+        if self.type is EventType.track and not self.event:
+            raise ValueError("a track call needs 'event' (the event name)")
+        if self.type is EventType.alias and not self.previous_id:
+            raise ValueError("an alias call needs 'previousId'")
+        if not (self.user_id or self.anonymous_id or self.identities):
+            raise ValueError("an event needs 'userId', 'anonymousId' or at least one of 'identities'")
+        return self
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as the bad row's ``errors`` list: one entry per field, in the app's own field names."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "$"
+        out.append({"field": loc, "error": err.get("msg", ""), "type": err.get("type", "")})
+    return out
+
+
+def event_json_schema() -> dict[str, Any]:
+    return Event.model_json_schema(by_alias=True)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

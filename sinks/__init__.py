@@ -1,0 +1,1 @@
+"""Adapters that write out of the pipeline: ClickHouse (embedded chDB or a server)."""

@@ -1,0 +1,175 @@
+"""The Faust application: topics, the person table, the agents and the web endpoints, wired from settings.
+
+Data path (docs/architecture.md):
+  cdp.events.raw --ingest (aiokafka batches, core.ingest)--> <prefix>.internal.events-by-person (envelopes)
+  --persons agent (Faust, core.person)--> ClickHouse events/actions, cdp.actions.<channel>, persons table
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+
+from core.settings import Settings
+from rules.loader import RuleSet, load_rules
+from schemas.actions import Channel
+from sinks.clickhouse import ClickHouseSink
+from streams import metrics
+from streams.ingest import Ingest
+from streams.persons import PersonStage
+
+log = logging.getLogger("cdp.app")
+
+
+class Pipeline:
+    """Everything one worker runs; built by ``build_pipeline``, started by Faust."""
+
+    def __init__(self, app: faust.App, settings: Settings, rules: RuleSet, stage: PersonStage,
+                 ingest: Ingest | None, sink: ClickHouseSink | None, persons_agent: Any):
+        self.app = app
+        self.settings = settings
+        self.rules = rules
+        self.stage = stage
+        self.ingest = ingest
+        self.sink = sink
+        self.persons_agent = persons_agent
+        self.admin_token = secrets.token_urlsafe(24)
+        self.started_at = time.time()
+
+
+def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: ClickHouseSink | None = None,
+                   with_ingest: bool = True, store: str | None = None) -> Pipeline:
+    rules = rules if rules is not None else load_rules(settings.resolved_rules_dir)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store=store or "rocksdb://",
+        datadir=str(settings.state_dir),
+        topic_partitions=settings.partitions,
+        topic_allow_declare=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_in_thread=False,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        autodiscover=False,
+        # One table write per person per envelope; the changelog is the table's durable copy.
+        table_cleanup_interval=60.0,
+    )
+    person_topic = app.topic(settings.person_events_topic, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    action_topics = {c.value: app.topic(settings.action_topic(c.value), key_type=bytes, value_type=bytes,
+                                        key_serializer="raw", value_serializer="raw") for c in Channel}
+    raw_schema = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    # Person state: bytes in, bytes out (core.person encodes it), one RocksDB database per partition.
+    table = app.Table("persons", schema=raw_schema, partitions=settings.partitions, default=None)
+
+    async def send_action(channel: str, key: bytes, value: bytes) -> Any:
+        return await action_topics[channel].send(key=key, value=value)
+
+    stage = PersonStage(rules, table, sink, send_action, settings.partitions, settings.person_events_topic)
+
+    @app.agent(person_topic, name="persons")
+    async def persons(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await stage.handle(event.message.partition, event.message.offset, event.value)
+
+    @app.on_rebalance_complete.connect
+    async def _rebalanced(sender: Any, **kwargs: Any) -> None:
+        stage.on_rebalance()
+
+    ingest = Ingest(settings, rules) if with_ingest else None
+    pipeline = Pipeline(app, settings, rules, stage, ingest, sink, persons)
+
+    if ingest is not None:
+        @app.task
+        async def _ingest() -> None:
+            await ingest.start()
+            try:
+                await ingest.run()
+            finally:
+                await ingest.stop()
+
+    @app.task
+    async def _announce() -> None:
+        # `cdp sql` and `cdp replay` find a running worker through this file (0600: it holds the admin token).
+        path = settings.worker_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps({"pid": os.getpid(), "url": f"http://{settings.web_host}:{settings.web_port}",
+                                  "token": pipeline.admin_token, "clickhouse": settings.clickhouse_url}))
+        os.replace(tmp, path)
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Request) -> Response:
+        return web.json(health(pipeline))
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Request) -> Response:
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4")
+
+    @app.page("/admin/sql")
+    class SQLView(View):
+        """Read-only access to the worker's ClickHouse for `cdp sql` (embedded chDB allows one process)."""
+
+        async def post(self, request: Request) -> Response:
+            token = request.headers.get("X-CDP-Admin-Token", "")
+            if not hmac.compare_digest(token, pipeline.admin_token):
+                return self.json({"error": "forbidden"}, status=403)
+            if pipeline.sink is None:
+                return self.json({"error": "no ClickHouse sink in this worker"}, status=503)
+            body = orjson.loads(await request.read())
+            try:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    None, pipeline.sink.query, body["query"], body.get("format", "TabSeparatedWithNames"))
+            except Exception as exc:  # noqa: BLE001 - report the query error to the caller
+                return self.json({"error": str(exc)}, status=400)
+            return self.bytes(out, content_type="text/plain")
+
+    @app.on_before_shutdown.connect
+    async def _cleanup(sender: Any, **kwargs: Any) -> None:
+        try:
+            settings.worker_file.unlink()
+        except FileNotFoundError:
+            pass
+
+    return pipeline
+
+
+def health(p: Pipeline) -> dict[str, Any]:
+    ing = p.ingest
+    st = p.stage.stats
+    return {
+        "status": "ok",
+        "app_id": p.settings.app_id,
+        "rules_digest": p.rules.digest,
+        "uptime_s": round(time.time() - p.started_at, 1),
+        "ingest": None if ing is None else {
+            "running": ing.running,
+            "source": ing.source,
+            "assigned": sorted(tp.partition for tp in ing.consumer.assignment()) if ing.consumer else [],
+            "records_in": ing.records_in,
+            "first_event_at": ing.first_event_at,
+        },
+        "persons": {
+            "envelopes": st.envelopes, "events_sunk": st.events_sunk, "duplicates": st.duplicates,
+            "actions": st.actions, "dropped": st.dropped, "last_sunk_at": st.last_sunk_at,
+            "timers_pending": len(p.stage.timers),
+        },
+    }

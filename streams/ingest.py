@@ -1,0 +1,129 @@
+"""Ingest: ``cdp.events.raw`` -> validate (core) -> envelopes on the person-partitioned topic, bad rows to the DLQ.
+
+Not a Faust stream: Faust spends ~230 µs of CPU per message delivered through a stream (docs/performance.md), so
+raw events, one per Kafka message, are read here with aiokafka's batch ``getmany`` and leave as one envelope per
+target partition per batch. Offsets are committed only after every envelope and bad row was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from core.envelope import encode_envelopes
+from core.ingest import RawRecord, ingest_records, watermark
+from core.settings import Settings
+from rules.loader import RuleSet
+from streams import metrics
+from streams.kafka import client_kwargs
+
+log = logging.getLogger("cdp.ingest")
+
+
+class Ingest:
+    def __init__(self, settings: Settings, rules: RuleSet):
+        self.s = settings
+        self.rules = rules
+        self.source = f"ingest-{uuid.uuid4().hex[:12]}"
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.max_ts: dict[int, int] = {}  # raw partition -> greatest event time read
+        self.running = False
+        self.first_event_at: float | None = None
+        self.records_in = 0
+        self._stopping = asyncio.Event()
+        self._last_heartbeat = 0.0
+
+    async def start(self) -> None:
+        kw = client_kwargs(self.s)
+        self.producer = AIOKafkaProducer(**kw, acks="all", enable_idempotence=True, linger_ms=5,
+                                         max_request_size=2_000_000, client_id=self.source)
+        self.consumer = AIOKafkaConsumer(
+            self.s.raw_topic, **kw, group_id=self.s.ingest_group, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=self.s.ingest_batch, fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024, client_id=self.source,
+        )
+        await self.producer.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def run(self) -> None:
+        assert self.consumer is not None
+        self.running = True
+        timeout_ms = int(self.s.heartbeat_s * 1000)
+        while not self._stopping.is_set():
+            try:
+                batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.s.ingest_batch)
+                if batches:
+                    await self._process(batches)
+                await self._maybe_heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, CommitFailedError) as exc:
+                # Uncommitted records are read again (the person stage drops duplicates by messageId).
+                log.warning("ingest: kafka error, retrying: %r", exc)
+                await asyncio.sleep(1.0)
+        self.running = False
+
+    async def _source_watermark(self, now_ms: int) -> int:
+        """The least watermark over this instance's raw partitions (downstream tracks one per source)."""
+        assert self.consumer is not None
+        lateness = int(self.s.allowed_lateness_s * 1000)
+        marks = []
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            pos = await self.consumer.position(tp)
+            caught_up = hw is not None and pos >= hw
+            marks.append(watermark(self.max_ts.get(tp.partition), caught_up, now_ms, lateness))
+        return min(marks) if marks else 0
+
+    async def _process(self, batches: dict[TopicPartition, list]) -> None:
+        assert self.producer is not None and self.consumer is not None
+        now_ms = int(time.time() * 1000)
+        if self.first_event_at is None:
+            self.first_event_at = time.time()
+        records = [RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
+                   for msgs in batches.values() for m in msgs]
+        self.records_in += len(records)
+        metrics.events_in.inc(len(records))
+        res = ingest_records(records, self.rules, self.s.partitions, now_ms)
+        for part, ts in res.max_event_ts.items():
+            self.max_ts[part] = max(self.max_ts.get(part, 0), ts)
+        wm = await self._source_watermark(now_ms)
+        futures = []
+        for part, entries in res.entries.items():
+            for env in encode_envelopes(self.source, wm, entries):
+                futures.append(await self.producer.send(self.s.person_events_topic, env, partition=part))
+        for key, row in res.bad_rows:
+            futures.append(await self.producer.send(
+                self.s.dlq_topic, row.model_dump_json().encode(), key=key, headers=row.headers()))
+            metrics.bad_rows.labels(row.stage.value, row.reason).inc()
+        if futures:
+            await asyncio.gather(*futures)
+        metrics.events_ok.inc(res.ok)
+        await self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batches.items()})
+
+    async def _maybe_heartbeat(self) -> None:
+        """Tell every person partition how far event time has come, so timers fire when no events arrive.
+
+        Sent every heartbeat period, busy or idle: a partition that gets no events must still see time move."""
+        assert self.producer is not None and self.consumer is not None
+        if time.monotonic() - self._last_heartbeat < self.s.heartbeat_s or not self.consumer.assignment():
+            return
+        self._last_heartbeat = time.monotonic()
+        wm = await self._source_watermark(int(time.time() * 1000))
+        env = encode_envelopes(self.source, wm, [])[0]
+        futs = [await self.producer.send(self.s.person_events_topic, env, partition=p)
+                for p in range(self.s.partitions)]
+        await asyncio.gather(*futs)

@@ -1,0 +1,44 @@
+"""aiokafka clients and topics, configured from settings (security settings passed through)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from core.settings import Settings
+from schemas.actions import Channel
+
+
+def client_kwargs(s: Settings) -> dict[str, Any]:
+    kw: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap, "security_protocol": s.kafka_security_protocol}
+    if s.kafka_sasl_mechanism:
+        kw.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
+                  sasl_plain_password=s.kafka_sasl_password)
+    if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        kw["ssl_context"] = ssl.create_default_context(cafile=s.kafka_ssl_cafile)
+    return kw
+
+
+def pipeline_topics(s: Settings) -> list[str]:
+    """Every topic of the public contract plus the internal ones the pipeline writes."""
+    return [s.raw_topic, s.dlq_topic, s.person_events_topic, s.profile_changes_topic, s.feedback_topic,
+            *(s.action_topic(c.value) for c in Channel)]
+
+
+async def ensure_topics(s: Settings, names: list[str] | None = None) -> None:
+    """Create the topics with ``CDP_PARTITIONS`` partitions if they do not exist yet (idempotent)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(s), request_timeout_ms=30000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        todo = [n for n in (names or pipeline_topics(s)) if n not in existing]
+        if todo:
+            try:
+                await admin.create_topics([NewTopic(n, s.partitions, 1) for n in todo])
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+    finally:
+        await admin.close()

@@ -1,0 +1,17 @@
+"""Prometheus metrics of the worker (served at /metrics)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+events_in = Counter("cdp_events_in_total", "raw records read", registry=REGISTRY)
+events_ok = Counter("cdp_events_valid_total", "raw records that were valid events", registry=REGISTRY)
+bad_rows = Counter("cdp_bad_rows_total", "records dead-lettered", ["stage", "reason"], registry=REGISTRY)
+duplicates = Counter("cdp_events_duplicate_total", "events dropped as messageId duplicates", registry=REGISTRY)
+events_sunk = Counter("cdp_events_sunk_total", "events written to ClickHouse", registry=REGISTRY)
+actions = Counter("cdp_actions_total", "actions emitted", ["channel", "rule"], registry=REGISTRY)
+dropped = Counter("cdp_dropped_total", "outputs dropped, by reason", ["reason"], registry=REGISTRY)
+watermark_lag = Gauge("cdp_watermark_lag_seconds", "wall clock minus event-time watermark", ["partition"],
+                      registry=REGISTRY)
+sink_seconds = Histogram("cdp_sink_insert_seconds", "ClickHouse insert time", ["table"], registry=REGISTRY)
+envelope_seconds = Histogram("cdp_envelope_seconds", "time to process one envelope", registry=REGISTRY)

@@ -1,0 +1,175 @@
+"""Person stage adapter: envelopes from the person-partitioned topic -> core -> ClickHouse, state, action topics.
+
+Order of effects per envelope, for at-least-once without loss: (1) events and actions into ClickHouse
+(deduplicating insert token = topic/partition/offset), (2) actions to their topics (acknowledged), (3) person
+state into the table. Faust commits the envelope's offset only after this returns. A crash anywhere replays the
+envelope; state that was already written makes the replay drop the duplicates, and action ids make a re-sent
+action the same action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from core.envelope import Entry, decode_envelope
+from core.ids import partition_for
+from core.person import PersonState, apply_events, fire_due
+from core.rows import action_row, event_row
+from core.timers import TimerQueue, WatermarkTracker
+from rules.loader import RuleSet
+from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS, ClickHouseSink
+from streams import metrics
+
+log = logging.getLogger("cdp.persons")
+
+
+class StateStore(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+    def items(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+# Sends one action (channel, key, value) and returns an awaitable acknowledgement.
+ActionSender = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+
+
+@dataclass
+class StageStats:
+    envelopes: int = 0
+    events_sunk: int = 0
+    duplicates: int = 0
+    actions: int = 0
+    last_sunk_at: float | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class PersonStage:
+    def __init__(self, rules: RuleSet, store: StateStore, sink: ClickHouseSink | None, send_action: ActionSender,
+                 partitions: int, topic: str):
+        self.rules = rules
+        self.store = store
+        self.sink = sink
+        self.send_action = send_action
+        self.partitions = partitions
+        self.topic = topic
+        self.watermarks = WatermarkTracker()
+        self.timers = TimerQueue()
+        self.stats = StageStats()
+        self._timers_loaded = False
+        # The embedded ClickHouse call blocks; it runs on one thread so the event loop keeps Kafka heartbeats going.
+        self._sink_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdp-sink")
+
+    def on_rebalance(self) -> None:
+        """Partitions moved: rebuild the timer queue from the state of the partitions now held."""
+        self._timers_loaded = False
+
+    def _load_timers(self) -> None:
+        self.timers.clear()
+        for k, v in self.store.items():
+            st = PersonState.from_bytes(v)
+            due = st.next_deadline()
+            if due is not None:
+                key = k.decode() if isinstance(k, bytes) else k
+                self.timers.schedule(partition_for(key, self.partitions), due, key)
+        self._timers_loaded = True
+
+    def _state(self, states: dict[str, PersonState], pk: str) -> PersonState:
+        st = states.get(pk)
+        if st is None:
+            raw = self.store.get(pk.encode())
+            st = PersonState.from_bytes(raw) if raw is not None else PersonState.new(pk)
+            states[pk] = st
+        return st
+
+    async def handle(self, partition: int, offset: int, value: bytes) -> None:
+        t0 = time.perf_counter()
+        if not self._timers_loaded:
+            self._load_timers()
+        now_ms = int(time.time() * 1000)
+        try:
+            env = decode_envelope(value)
+        except Exception as exc:  # noqa: BLE001 - a bad envelope is skipped and counted, never a crash
+            log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
+            metrics.bad_rows.labels("process", "bad_envelope").inc()
+            return
+        by_person: dict[str, list[Entry]] = {}
+        for en in env.entries:
+            by_person.setdefault(en.pk, []).append(en)
+        states: dict[str, PersonState] = {}
+        event_lines: list[bytes] = []
+        actions: list[tuple[str, str, dict[str, Any]]] = []
+        for pk, entries in by_person.items():
+            st = self._state(states, pk)
+            before = st.next_deadline()
+            res = apply_events(st, entries, self.rules)
+            event_lines.extend(event_row(en, st.oneid) for en in res.accepted)
+            self.stats.duplicates += res.duplicates
+            metrics.duplicates.inc(res.duplicates)
+            self._count_dropped(res.dropped)
+            after = st.next_deadline()
+            if after is not None and after != before:
+                self.timers.schedule(partition, after, pk)
+        wm = self.watermarks.update(partition, env.source, env.watermark, now_ms)
+        metrics.watermark_lag.labels(str(partition)).set(max(0.0, (now_ms - wm) / 1000))
+        for pk in self.timers.pop_due(partition, wm):
+            st = self._state(states, pk)
+            res = fire_due(st, wm, self.rules, now_ms)
+            actions.extend((a.channel, a.oneid, a.action) for a in res.actions)
+            self._count_dropped(res.dropped)
+            nxt = st.next_deadline()
+            if nxt is not None:
+                self.timers.schedule(partition, nxt, pk)
+        # (1) ClickHouse
+        token = f"{self.topic}:{partition}:{offset}"
+        if self.sink is not None and (event_lines or actions):
+            lines = [action_row(a) for _, _, a in actions]
+            await self._insert_until_done(token, event_lines, lines)
+            self.stats.last_sunk_at = time.time()
+        self.stats.events_sunk += len(event_lines)
+        metrics.events_sunk.inc(len(event_lines))
+        # (2) action topics, acknowledged
+        acks = [await self.send_action(ch, oneid.encode(), orjson.dumps(a)) for ch, oneid, a in actions]
+        for ack in acks:
+            await ack
+        for ch, _, a in actions:
+            metrics.actions.labels(ch, a["rule_id"]).inc()
+        self.stats.actions += len(actions)
+        # (3) state, one write per person touched
+        for pk, st in states.items():
+            self.store[pk.encode()] = st.to_bytes()
+        self.stats.envelopes += 1
+        metrics.envelope_seconds.observe(time.perf_counter() - t0)
+
+    async def _insert_until_done(self, token: str, event_lines: list[bytes], action_lines: list[bytes]) -> None:
+        """Back-pressure: while ClickHouse fails, retry (same token, so no duplicates) and read nothing new."""
+        delay = 0.2
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(self._sink_thread, self._insert, token, event_lines, action_lines)
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.warning("ClickHouse insert failed, retrying in %.1fs: %r", delay, exc)
+                metrics.dropped.labels("sink_retry").inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _insert(self, token: str, event_lines: list[bytes], action_lines: list[bytes]) -> None:
+        assert self.sink is not None
+        with metrics.sink_seconds.labels("events").time():
+            self.sink.insert_json("events", event_lines, EVENT_COLUMNS, token=f"{token}:events")
+        with metrics.sink_seconds.labels("actions").time():
+            self.sink.insert_json("actions", action_lines, ACTION_COLUMNS, token=f"{token}:actions")
+
+    def _count_dropped(self, dropped: list) -> None:
+        for d in dropped:
+            self.stats.dropped[d.reason] = self.stats.dropped.get(d.reason, 0) + 1
+            metrics.dropped.labels(d.reason).inc()
