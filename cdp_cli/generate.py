@@ -37,9 +37,9 @@ class ShopTraffic:
         return f"gen-{self.seed}-{self._n:09d}"
 
     def _event(self, typ: str, t: datetime, person: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        sent = t + timedelta(milliseconds=self.rng.randint(5, 900))
         ev: dict[str, Any] = {"type": typ, "messageId": self._mid(), "anonymousId": person["anon"],
-                              "timestamp": _iso(t), "sentAt": _iso(t + timedelta(milliseconds=self.rng.randint(5, 900))),
-                              "context": {"channel": person["channel"]}}
+                              "timestamp": _iso(t), "sentAt": _iso(sent), "context": {"channel": person["channel"]}}
         if person["known"]:
             ev["userId"] = person["user_id"]
         ev.update(kw)

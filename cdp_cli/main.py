@@ -88,10 +88,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     from cdp_cli.ops import query
 
-    fmt = {"tsv": "TabSeparatedWithNames", "json": "JSONEachRow", "pretty": "PrettyCompactMonoBlock"}[args.format]
+    fmt = {"tsv": "TabSeparatedWithNames", "json": "JSONEachRow", "pretty": "PrettyCompactMonoBlock",
+           "vertical": "Vertical"}[args.format]
     try:
         out = query(Settings(), args.query, fmt)
-    except Exception as exc:  # noqa: BLE001 - a failed query is reported, not a traceback
+    except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     sys.stdout.buffer.write(out)
@@ -131,6 +132,18 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq_stats(args: argparse.Namespace) -> int:
+    from cdp_cli.ops import dlq_stats
+
+    s = Settings()
+    counts = asyncio.run(dlq_stats(s))
+    print(f"{'stage':<10} {'reason':<20} {'bad rows':>9}")
+    for (stage, reason), n in sorted(counts.items()):
+        print(f"{stage:<10} {reason:<20} {n:>9}")
+    print(f"{'total':<31} {sum(counts.values()):>9}  ({s.dlq_topic})")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from cdp_cli.bench import run_bench
 
@@ -164,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_generate)
     sp = sub.add_parser("sql", help="run SQL on the configured ClickHouse (also while a worker runs)")
     sp.add_argument("query")
-    sp.add_argument("--format", choices=["tsv", "json", "pretty"], default="tsv")
+    sp.add_argument("--format", choices=["tsv", "json", "pretty", "vertical"], default="tsv")
     sp.set_defaults(fn=cmd_sql)
     sp = sub.add_parser("funnel", help="conversion funnel by OneID")
     sp.add_argument("--steps", required=True, help="comma-separated event names, in order")
@@ -178,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = rsub.add_parser("check", help="validate rule files; errors name file, line and field")
     rp.add_argument("dir", nargs="?")
     rp.set_defaults(fn=cmd_rules_check)
+    sp = sub.add_parser("dlq", help="bad rows on the dead-letter topic")
+    dsub = sp.add_subparsers(dest="dlq_command", required=True)
+    dsub.add_parser("stats", help="bad rows by stage and reason").set_defaults(fn=cmd_dlq_stats)
     sp = sub.add_parser("bench", help="raw consume rate vs. whole-pipeline rate on the local broker")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--events", type=int, default=200_000)

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from core.settings import Settings
-from streams.kafka import client_kwargs, ensure_topics
+from streams.kafka import client_kwargs, ensure_topics, topic_partitions
 
 
 def _key_of(line: bytes) -> bytes | None:
@@ -61,11 +61,7 @@ async def end_offsets(s: Settings, topic: str) -> dict[int, int]:
     c = AIOKafkaConsumer(**client_kwargs(s))
     await c.start()
     try:
-        parts = c.partitions_for_topic(topic) or set()
-        if not parts:
-            await c._client.force_metadata_update()  # noqa: SLF001 - fresh metadata for a new topic
-            parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(c, topic)]
         ends = await c.end_offsets(tps) if tps else {}
         return {tp.partition: off for tp, off in ends.items()}
     finally:
@@ -103,6 +99,39 @@ async def wait_processed(s: Settings, timeout_s: float = 600.0, poll_s: float = 
         if time.monotonic() > deadline:
             raise TimeoutError("the person stage did not catch up")
         await asyncio.sleep(poll_s)
+
+
+async def read_topic(s: Settings, topic: str) -> list[Any]:
+    """Every record on a topic now, from the beginning (no consumer group: nothing is committed)."""
+    c = AIOKafkaConsumer(**client_kwargs(s), enable_auto_commit=False)
+    await c.start()
+    out: list[Any] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(c, topic)]
+        if not tps:
+            return out
+        ends = await c.end_offsets(tps)
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        todo = {tp for tp in tps if ends[tp] > 0}
+        while todo:
+            for tp, msgs in (await c.getmany(*todo, timeout_ms=1000)).items():
+                out.extend(m for m in msgs if m.offset < ends[tp])
+                if await c.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+        return out
+    finally:
+        await c.stop()
+
+
+async def dlq_stats(s: Settings) -> dict[tuple[str, str], int]:
+    """Bad rows on the DLQ counted by (stage, reason), read from the headers without decoding the rows."""
+    counts: dict[tuple[str, str], int] = {}
+    for m in await read_topic(s, s.dlq_topic):
+        h = dict(m.headers or ())
+        k = (h.get("cdp-error-stage", b"?").decode(), h.get("cdp-error-reason", b"?").decode())
+        counts[k] = counts.get(k, 0) + 1
+    return counts
 
 
 # --- a running worker ------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ class Envelope:
     entries: tuple[Entry, ...]
 
 
-def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int, event_json: bytes) -> bytes:
+def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int, event_json: bytes | str) -> bytes:
     return orjson.dumps(
         {"pk": pk, "ts": ts, "rcv": rcv, "src": (raw_partition, raw_offset), "e": orjson.Fragment(event_json)}
     )

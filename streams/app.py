@@ -74,9 +74,9 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
                              key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     action_topics = {c.value: app.topic(settings.action_topic(c.value), key_type=bytes, value_type=bytes,
                                         key_serializer="raw", value_serializer="raw") for c in Channel}
-    raw_schema = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    # Person state: bytes in, bytes out (core.person encodes it), one RocksDB database per partition.
-    table = app.Table("persons", schema=raw_schema, partitions=settings.partitions, default=None)
+    # Person state: bytes in, bytes out (core.person encodes it; bytes types make Faust use the raw codec),
+    # one RocksDB database per partition.
+    table = app.Table("persons", key_type=bytes, value_type=bytes, partitions=settings.partitions, default=None)
 
     async def send_action(channel: str, key: bytes, value: bytes) -> Any:
         return await action_topics[channel].send(key=key, value=value)
@@ -138,7 +138,7 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
             try:
                 out = await asyncio.get_running_loop().run_in_executor(
                     None, pipeline.sink.query, body["query"], body.get("format", "TabSeparatedWithNames"))
-            except Exception as exc:  # noqa: BLE001 - report the query error to the caller
+            except Exception as exc:
                 return self.json({"error": str(exc)}, status=400)
             return self.bytes(out, content_type="text/plain")
 

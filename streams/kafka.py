@@ -22,6 +22,15 @@ def client_kwargs(s: Settings) -> dict[str, Any]:
     return kw
 
 
+async def topic_partitions(consumer: Any, topic: str) -> list[int]:
+    """Partition numbers of a topic, refreshing the client's metadata if it does not know the topic yet."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    return sorted(parts or [])
+
+
 def pipeline_topics(s: Settings) -> list[str]:
     """Every topic of the public contract plus the internal ones the pipeline writes."""
     return [s.raw_topic, s.dlq_topic, s.person_events_topic, s.profile_changes_topic, s.feedback_topic,

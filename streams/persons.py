@@ -47,7 +47,7 @@ class StageStats:
     events_sunk: int = 0
     duplicates: int = 0
     actions: int = 0
-    last_sunk_at: float | None = None
+    last_sunk_at: float | None = None  # wall clock of the last insert of event rows
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -96,7 +96,7 @@ class PersonStage:
         now_ms = int(time.time() * 1000)
         try:
             env = decode_envelope(value)
-        except Exception as exc:  # noqa: BLE001 - a bad envelope is skipped and counted, never a crash
+        except Exception as exc:
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
             metrics.bad_rows.labels("process", "bad_envelope").inc()
             return
@@ -132,7 +132,8 @@ class PersonStage:
         if self.sink is not None and (event_lines or actions):
             lines = [action_row(a) for _, _, a in actions]
             await self._insert_until_done(token, event_lines, lines)
-            self.stats.last_sunk_at = time.time()
+            if event_lines:
+                self.stats.last_sunk_at = time.time()
         self.stats.events_sunk += len(event_lines)
         metrics.events_sunk.inc(len(event_lines))
         # (2) action topics, acknowledged
@@ -156,7 +157,7 @@ class PersonStage:
             try:
                 await loop.run_in_executor(self._sink_thread, self._insert, token, event_lines, action_lines)
                 return
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("ClickHouse insert failed, retrying in %.1fs: %r", delay, exc)
                 metrics.dropped.labels("sink_retry").inc()
                 await asyncio.sleep(delay)

@@ -1,0 +1,49 @@
+# Streaming CDP. `make help` lists the targets. Everything installs into the work tree (.venv, .local).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+KAFKA := deploy/local/kafka.sh
+# A broker named by CDP_KAFKA_BOOTSTRAP (other than the local default) is used as is and never started here.
+LOCAL_KAFKA := $(if $(filter-out 127.0.0.1:9092 localhost:9092,$(CDP_KAFKA_BOOTSTRAP)),,yes)
+
+.PHONY: help setup up down demo test test-unit test-integration bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project (again only when pyproject.toml changed)
+	@$(KAFKA) fetch
+
+up: setup ## start the local Kafka broker (KRaft, 127.0.0.1:9092); a no-op when it runs
+	@if [ -n "$(LOCAL_KAFKA)" ]; then $(KAFKA) up; else echo "using Kafka at $(CDP_KAFKA_BOOTSTRAP)"; fi
+
+down: ## stop the local Kafka broker
+	@$(KAFKA) down
+
+demo: setup ## run the whole pipeline on a synthetic shop's traffic and print what it did
+	@bash deploy/local/demo.sh
+
+test: setup ## every test: unit, agent, integration against the real broker and embedded ClickHouse
+	@bash deploy/local/with-kafka.sh $(BIN)/pytest -q
+
+test-unit: setup ## the tests that need no broker
+	$(BIN)/pytest -q -m "not integration"
+
+bench: setup ## the benchmark: pipeline rate against the raw consume rate, same run
+	@bash deploy/local/with-kafka.sh $(BIN)/cdp bench --json
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy core schemas rules
+
+clean: down ## remove local state (broker data, ClickHouse, worker state); keeps .venv and the Kafka jars
+	rm -rf .local/kafka/data .local/kafka/logs .local/clickhouse .local/state .local/demo

@@ -1,0 +1,89 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.ids import action_id
+from core.person import PersonState, apply_events, fire_due
+from tests.core.helpers import HOUR, RULES, T0, entry, identify
+
+
+def fresh() -> PersonState:
+    return PersonState.new("user_id:u1")
+
+
+def armed(*entries):
+    st = fresh()
+    apply_events(st, [identify(T0 - 1000, "id1", "13800138000"), *entries], RULES)
+    return st
+
+
+def test_cart_not_paid_fires_at_the_deadline_not_before():
+    st = armed(entry("add_to_cart", T0, "m1"))
+    assert st.next_deadline() == T0 + HOUR
+    assert fire_due(st, T0 + HOUR - 1, RULES, T0).actions == []
+    (out,) = fire_due(st, T0 + HOUR, RULES, T0 + HOUR).actions
+    a = out.action
+    assert out.channel == "sms" and a["to"] == {"phone": "13800138000"} and a["rule_id"] == "cart_not_paid_sms"
+    assert a["action_id"] == action_id("cart_not_paid_sms", st.oneid, T0)
+    assert a["reason"]["trigger_message_id"] == "m1"
+    assert st.next_deadline() is None
+    assert fire_due(st, T0 + 10 * HOUR, RULES, T0).actions == []  # fires once
+
+
+def test_paying_within_the_wait_cancels():
+    st = armed(entry("add_to_cart", T0, "m1"), entry("order_paid", T0 + 30 * 60_000, "m2"))
+    assert st.next_deadline() is None
+    assert fire_due(st, T0 + 2 * HOUR, RULES, T0).actions == []
+
+
+def test_payment_arriving_before_the_cart_out_of_order_still_cancels():
+    st = armed(entry("order_paid", T0 + 10 * 60_000, "m2"))
+    apply_events(st, [entry("add_to_cart", T0, "m1")], RULES)
+    assert st.next_deadline() is None
+
+
+def test_payment_after_the_wait_does_not_cancel():
+    st = armed(entry("add_to_cart", T0, "m1"), entry("order_paid", T0 + 2 * HOUR, "m2"))
+    assert st.next_deadline() == T0 + HOUR
+    assert len(fire_due(st, T0 + HOUR, RULES, T0).actions) == 1
+
+
+def test_the_first_cart_starts_the_clock_and_cooldown_limits_to_one_a_day():
+    st = armed(entry("add_to_cart", T0, "m1"), entry("add_to_cart", T0 + 10 * 60_000, "m2"))
+    assert st.next_deadline() == T0 + HOUR
+    assert len(fire_due(st, T0 + HOUR, RULES, T0).actions) == 1
+    res = apply_events(st, [entry("add_to_cart", T0 + 5 * HOUR, "m3")], RULES)
+    assert st.next_deadline() is None and [d.reason for d in res.dropped] == ["cooldown"]
+    apply_events(st, [entry("add_to_cart", T0 + 26 * HOUR, "m4")], RULES)
+    assert st.next_deadline() == T0 + 27 * HOUR
+
+
+def test_duplicate_message_ids_are_dropped():
+    st = fresh()
+    r1 = apply_events(st, [entry("product_view", T0, "m1"), entry("product_view", T0, "m1")], RULES)
+    r2 = apply_events(st, [entry("product_view", T0, "m1")], RULES)
+    assert len(r1.accepted) == 1 and r1.duplicates == 1 and r2.duplicates == 1 and not r2.accepted
+    assert st.n_events == 1 and st.counts == {"product_view": 1}
+
+
+def test_no_contact_is_dropped_with_a_reason():
+    st = fresh()
+    apply_events(st, [entry("add_to_cart", T0, "m1")], RULES)
+    res = fire_due(st, T0 + HOUR, RULES, T0)
+    assert res.actions == [] and res.dropped[0].reason == "no_contact"
+
+
+ids = st.text("abc", min_size=1, max_size=3)
+events = st.lists(st.tuples(st.sampled_from(["product_view", "add_to_cart", "order_paid"]),
+                            st.integers(0, 5 * HOUR), ids), max_size=25)
+
+
+@given(events)
+def test_state_survives_serialisation_and_order_of_arrival_does_not_matter(evs):
+    entries = [entry(name, T0 + dt, mid) for name, dt, mid in evs]
+    a, b = fresh(), fresh()
+    apply_events(a, entries, RULES)
+    for en in entries[::-1]:  # one at a time, reversed
+        b = PersonState.from_bytes(b.to_bytes())
+        apply_events(b, [en], RULES)
+    assert a.n_events == b.n_events == len({mid for _, _, mid in evs})
+    assert PersonState.from_bytes(a.to_bytes()) == a

@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from core.settings import PACKAGE_RULES_DIR
+from rules.loader import RuleLoadError, load_rules, parse_duration_ms
+
+
+def test_shipped_rules_load():
+    rs = load_rules(PACKAGE_RULES_DIR)
+    assert rs.canonical_event("Product Added") == "add_to_cart"
+    (cart,) = [t for t in rs.triggers if t.id == "cart_not_paid_sms"]
+    assert cart.wait_ms == 3_600_000 and cart.action.channel.value == "sms"
+    assert len(rs.digest) == 16
+
+
+@pytest.mark.parametrize("text, ms", [("90s", 90_000), ("10m", 600_000), ("1h", 3_600_000), ("7d", 604_800_000),
+                                      (30, 30_000), ("250ms", 250)])
+def test_durations(text, ms):
+    assert parse_duration_ms(text) == ms
+
+
+def test_errors_name_file_line_and_field(tmp_path: Path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        "version: 1\n"
+        "triggers:\n"
+        "  - id: cart_sms\n"
+        "    version: 1\n"
+        "    when: add_to_cart\n"
+        "    wait: soon\n"
+        "    action:\n"
+        "      channel: pigeon\n"
+        "      template: t\n"
+        "      to: phone\n"
+    )
+    with pytest.raises(RuleLoadError) as exc:
+        load_rules(tmp_path)
+    msgs = [str(e) for e in exc.value.errors]
+    assert any(m.startswith(f"{f}:6: triggers.0.wait:") for m in msgs), msgs
+    assert any(m.startswith(f"{f}:8: triggers.0.action.channel:") for m in msgs), msgs
+
+
+def test_duplicate_ids_and_bad_yaml_are_reported(tmp_path: Path):
+    rule = ("  - id: r\n    version: 1\n    when: a\n    wait: 1h\n"
+            "    action: {channel: sms, template: t, to: phone}\n")
+    (tmp_path / "a.yaml").write_text("version: 1\ntriggers:\n" + rule)
+    (tmp_path / "b.yaml").write_text("version: 1\ntriggers:\n" + rule)
+    (tmp_path / "c.yaml").write_text("version: 1\ntriggers: [\n")
+    with pytest.raises(RuleLoadError) as exc:
+        load_rules(tmp_path)
+    text = str(exc.value)
+    assert "duplicate rule id 'r'" in text and "c.yaml" in text and "not valid YAML" in text
+
+
+def test_unknown_keys_are_errors(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("version: 1\ntrigers: []\n")
+    with pytest.raises(RuleLoadError) as exc:
+        load_rules(tmp_path)
+    assert "a.yaml:2: trigers:" in str(exc.value)

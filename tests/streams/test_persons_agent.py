@@ -1,0 +1,82 @@
+"""The persons agent under Faust's test_context(): envelopes in; event rows, actions and state out."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from core.envelope import encode_entry, encode_envelopes
+from core.ids import oneid_for, partition_for
+from core.person import PersonState
+from core.settings import Settings
+from streams.app import build_pipeline
+
+HOUR = 3_600_000
+T0 = 1_790_000_000_000
+
+
+class RecordingSink:
+    def __init__(self):
+        self.inserts: list[tuple[str, list[bytes], str | None]] = []
+
+    def insert_json(self, table, lines, columns, token=None):
+        if lines:
+            self.inserts.append((table, list(lines), token))
+        return len(lines)
+
+    def rows(self, table):
+        return [orjson.loads(ln) for t, lines, _ in self.inserts if t == table for ln in lines]
+
+
+def envelope(wm: int, *events: tuple[str, int, dict]) -> bytes:
+    entries = [encode_entry(pk, ts, ts, 0, i, orjson.dumps(ev)) for i, (pk, ts, ev) in enumerate(events)]
+    return encode_envelopes("test-source", wm, entries)[0]
+
+
+@pytest.fixture()
+def pipeline(tmp_path):
+    s = Settings(topic_prefix="agenttest", data_dir=tmp_path, partitions=1)
+    sink = RecordingSink()
+    p = build_pipeline(s, sink=sink, with_ingest=False, store="memory://")
+    sent: list[tuple[str, bytes, bytes]] = []
+
+    async def send_action(channel, key, value):
+        sent.append((channel, key, value))
+
+        async def ack():
+            return None
+        return ack()
+
+    p.stage.send_action = send_action
+    p.sent = sent
+    p.app.finalize()
+    p.app.flow_control.resume()
+    return p
+
+
+async def test_agent_sinks_events_keeps_state_and_fires_the_trigger_at_the_watermark(pipeline):
+    pk = "user_id:u1"
+    assert partition_for(pk, 1) == 0
+    ident = {"type": "identify", "message_id": "i1", "user_id": "u1", "identities": {"phone": "13800138000"}}
+    cart = {"type": "track", "message_id": "c1", "event": "add_to_cart", "user_id": "u1"}
+    async with pipeline.persons_agent.test_context() as agent:
+        await agent.put(envelope(T0, (pk, T0 - 1000, ident), (pk, T0, cart)), key=b"p0", partition=0)
+        # The same events again (a redelivery) and a heartbeat that has not reached the deadline yet.
+        await agent.put(envelope(T0 + HOUR - 1, (pk, T0, cart)), key=b"p0", partition=0)
+        assert pipeline.sent == []
+        # A heartbeat past the deadline fires the reminder, without any event of the person's.
+        await agent.put(envelope(T0 + HOUR), key=b"p0", partition=0)
+        await agent.put(envelope(T0 + 5 * HOUR), key=b"p0", partition=0)
+
+    events = pipeline.sink.rows("events")
+    assert sorted(r["message_id"] for r in events) == ["c1", "i1"]  # the redelivered copy is not sunk again
+    assert {r["oneid"] for r in events} == {oneid_for(pk)}
+    assert events[0]["identities"].get("phone", "138****8000") == "138****8000"  # never the raw number
+    assert len(pipeline.sent) == 1
+    channel, key, value = pipeline.sent[0]
+    action = orjson.loads(value)
+    assert channel == "sms" and key == oneid_for(pk).encode() and action["to"] == {"phone": "13800138000"}
+    assert [r["action_id"] for r in pipeline.sink.rows("actions")] == [action["action_id"]]
+    state = PersonState.from_bytes(pipeline.stage.store.get(pk.encode()))
+    assert state.n_events == 2 and state.pending == {} and "cart_not_paid_sms" in state.fired
+    assert all(tok.startswith("agenttest.internal.events-by-person:0:") for _, _, tok in pipeline.sink.inserts)
