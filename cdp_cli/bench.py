@@ -55,7 +55,25 @@ async def raw_consume_rate(s: Settings, topic: str, n: int) -> float:
         await c.stop()
 
 
-def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False) -> dict[str, Any]:
+def faust_agent_rate(s: Settings, topic: str, n: int, datadir: Path) -> int | None:
+    """Events/s of a Faust agent that does nothing over the same topic (the cost the design avoids)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "cdp_cli.bench_faust", topic, str(n), s.kafka_bootstrap, str(s.web_port + 1),
+           str(datadir)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=180).stdout
+        for line in out.decode().splitlines():
+            if line.startswith("{"):
+                return int(orjson.loads(line)["faust_agent_eps"])
+    except subprocess.TimeoutExpired:
+        pass
+    return None
+
+
+def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
+              faust_baseline: bool = False) -> dict[str, Any]:
     base = Settings()
     prefix = f"bench{int(time.time())}"
     tmp = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
@@ -84,6 +102,11 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False) ->
             unique = int(query(s, "SELECT uniqExact(message_id) FROM cdp.events", "TabSeparated").strip())
         elapsed = health["persons"]["last_sunk_at"] - health["ingest"]["first_event_at"]
         pipeline_eps = len(lines) / elapsed
+        extra: dict[str, Any] = {}
+        if faust_baseline:
+            n = min(len(lines), 50_000)
+            rate = faust_agent_rate(s, s.raw_topic, n, tmp / "faust-baseline")
+            extra = {"faust_noop_agent_eps": rate, "faust_noop_ratio": round(rate / raw_eps, 3) if rate else None}
         return {
             "events": len(lines),
             "raw_consume_eps": round(raw_eps),
@@ -93,6 +116,7 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False) ->
             "unique_in_clickhouse": unique,
             "envelopes": health["persons"]["envelopes"],
             "partitions": s.partitions,
+            **extra,
         }
     finally:
         for k, v in saved.items():

@@ -147,7 +147,7 @@ def cmd_dlq_stats(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from cdp_cli.bench import run_bench
 
-    result = run_bench(events=args.events, users=args.users)
+    result = run_bench(events=args.events, users=args.users, faust_baseline=args.faust_baseline)
     if args.json:
         print(orjson.dumps(result).decode())
     else:
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--events", type=int, default=200_000)
     sp.add_argument("--users", type=int, default=20_000)
+    sp.add_argument("--faust-baseline", action="store_true",
+                    help="also measure a do-nothing Faust agent over the same events (about a minute more)")
     sp.set_defaults(fn=cmd_bench)
     return p
 

@@ -35,10 +35,11 @@ class Envelope:
     entries: tuple[Entry, ...]
 
 
-def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int, event_json: bytes | str) -> bytes:
-    return orjson.dumps(
-        {"pk": pk, "ts": ts, "rcv": rcv, "src": (raw_partition, raw_offset), "e": orjson.Fragment(event_json)}
-    )
+def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
+                 event: dict[str, Any] | bytes) -> bytes:
+    """One entry; ``event`` is the event's dict, or its JSON already encoded."""
+    e = orjson.Fragment(event) if isinstance(event, bytes) else event
+    return orjson.dumps({"pk": pk, "ts": ts, "rcv": rcv, "src": (raw_partition, raw_offset), "e": e})
 
 
 def encode_envelopes(source: str, watermark: int, entries: list[bytes]) -> list[bytes]:

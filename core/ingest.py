@@ -5,7 +5,9 @@ Every record ends as exactly one of: an entry in an envelope (ok) or a bad row (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -14,7 +16,24 @@ from core.envelope import encode_entry
 from core.ids import partition_for, person_key
 from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
-from schemas.events import Event, field_errors
+from schemas.events import Event, field_errors, pipeline_dict
+
+
+class RawRecordLike(Protocol):
+    """What the stage reads of a Kafka record (aiokafka's ConsumerRecord has these; so does ``RawRecord``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +41,7 @@ class RawRecord:
     topic: str
     partition: int
     offset: int
-    timestamp_ms: int  # Kafka's record timestamp: when the broker (or producer) received it
+    timestamp: int  # Kafka's record timestamp (ms): when the producer or broker received it
     key: bytes | None
     value: bytes | None
 
@@ -42,7 +61,7 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _bad(rec: RawRecord, stage: Stage, reason: str, errors: list[dict], now_ms: int) -> tuple[bytes | None, BadRow]:
+def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_ms: int) -> tuple[bytes | None, BadRow]:
     payload, enc = BadRow.encode_payload(rec.value or b"")
     key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
     row = BadRow(stage=stage, reason=reason, errors=errors, payload=payload, payload_encoding=enc, key=key,
@@ -51,7 +70,7 @@ def _bad(rec: RawRecord, stage: Stage, reason: str, errors: list[dict], now_ms: 
     return rec.key, row
 
 
-def ingest_records(records: list[RawRecord], rules: RuleSet, partitions: int, now_ms: int) -> IngestResult:
+def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions: int, now_ms: int) -> IngestResult:
     res = IngestResult()
     aliases = rules.aliases
     for rec in records:
@@ -76,11 +95,11 @@ def ingest_records(records: list[RawRecord], rules: RuleSet, partitions: int, no
         if pk is None:  # the model guarantees one; kept as a guard
             res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [], now_ms))
             continue
-        rcv = rec.timestamp_ms or now_ms
+        rcv = rec.timestamp or now_ms
         ts = int(ev.timestamp.timestamp() * 1000) if ev.timestamp is not None else rcv
         target = partition_for(pk, partitions)
         res.entries.setdefault(target, []).append(
-            encode_entry(pk, ts, rcv, rec.partition, rec.offset, ev.model_dump_json(exclude_defaults=True))
+            encode_entry(pk, ts, rcv, rec.partition, rec.offset, pipeline_dict(ev))
         )
         res.ok += 1
         wm_ts = min(ts, now_ms)

@@ -109,7 +109,7 @@ def _event_name(e: dict[str, Any]) -> str:
 def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet) -> PersonResult:
     """Fold one person's new events into their state. Out-of-order events are handled by event time."""
     res = PersonResult(state=state)
-    triggers = rules.enabled_triggers()
+    triggers = rules.active_triggers
     for en in sorted(entries, key=lambda x: x.ts):
         ev = en.event
         mid = _mid(ev["message_id"])
@@ -125,14 +125,22 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet) -> Pe
         state.counts[name] = state.counts.get(name, 0) + 1
         if en.ts > state.last_seen.get(name, 0):
             state.last_seen[name] = en.ts
-        for t in CONTACT_TYPES:
-            v = (ev.get("identities") or {}).get(t) or (ev.get("traits") or {}).get(t)
-            if isinstance(v, str) and v:
-                state.contacts[t] = v
+        ids = ev.get("identities")
+        traits = ev.get("traits")
+        if ids or traits:
+            _update_contacts(state, ids or {}, traits or {})
         for rule in triggers:
-            _trigger_on_event(state, rule, name, en, res)
+            if name == rule.when or name == rule.unless:
+                _trigger_on_event(state, rule, name, en, res)
     _prune_seen(state)
     return res
+
+
+def _update_contacts(state: PersonState, ids: dict[str, Any], traits: dict[str, Any]) -> None:
+    for t in CONTACT_TYPES:
+        v = ids.get(t) or traits.get(t)
+        if isinstance(v, str) and v:
+            state.contacts[t] = v
 
 
 def _trigger_on_event(state: PersonState, rule: TriggerRule, name: str, en: Entry, res: PersonResult) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ class RuleLoadError(Exception):
         super().__init__("\n".join(str(e) for e in errors))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RuleSet:
     aliases: dict[str, str] = field(default_factory=dict)
     triggers: tuple[TriggerRule, ...] = ()
@@ -104,7 +105,9 @@ class RuleSet:
     def canonical_event(self, name: str) -> str:
         return self.aliases.get(name, name)
 
-    def enabled_triggers(self) -> tuple[TriggerRule, ...]:
+    @cached_property
+    def active_triggers(self) -> tuple[TriggerRule, ...]:
+        """The enabled triggers (computed once: the person stage asks for every person it touches)."""
         return tuple(t for t in self.triggers if t.enabled)
 
 

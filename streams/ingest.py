@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from core.envelope import encode_envelopes
-from core.ingest import RawRecord, ingest_records, watermark
+from core.ingest import ingest_records, watermark
 from core.settings import Settings
 from rules.loader import RuleSet
 from streams import metrics
@@ -41,8 +41,10 @@ class Ingest:
 
     async def start(self) -> None:
         kw = client_kwargs(self.s)
+        # Envelopes are up to ~700 KB: batches must hold them whole (aiokafka's default batch is 16 KB).
         self.producer = AIOKafkaProducer(**kw, acks="all", enable_idempotence=True, linger_ms=5,
-                                         max_request_size=2_000_000, client_id=self.source)
+                                         max_batch_size=1_048_576, max_request_size=4_194_304,
+                                         client_id=self.source)
         self.consumer = AIOKafkaConsumer(
             self.s.raw_topic, **kw, group_id=self.s.ingest_group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.s.ingest_batch, fetch_max_bytes=64 * 1024 * 1024,
@@ -93,8 +95,7 @@ class Ingest:
         now_ms = int(time.time() * 1000)
         if self.first_event_at is None:
             self.first_event_at = time.time()
-        records = [RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
-                   for msgs in batches.values() for m in msgs]
+        records = [m for msgs in batches.values() for m in msgs]
         self.records_in += len(records)
         metrics.events_in.inc(len(records))
         res = ingest_records(records, self.rules, self.s.partitions, now_ms)
