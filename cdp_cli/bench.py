@@ -8,10 +8,10 @@ row inserted into ClickHouse, as the worker itself clocks them; the run checks e
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cdp_cli.generate import generate
-from cdp_cli.ops import WorkerProcess, publish_lines, query, running_worker
+from cdp_cli.ops import WorkerProcess, publish_lines, query
 from core.settings import Settings
 from streams.kafka import client_kwargs, topic_partitions
 
@@ -72,57 +72,73 @@ def faust_agent_rate(s: Settings, topic: str, n: int, datadir: Path) -> int | No
     return None
 
 
+def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool) -> dict[str, Any]:
+    """Publish the events under a fresh prefix and time the pipeline over them: one worker running both stages,
+    or (``split``) an ingest-only worker beside a person-stage worker, the two using both cores."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    base = {"CDP_TOPIC_PREFIX": prefix, "CDP_CLICKHOUSE_URL": f"chdb://{tmp / prefix / 'clickhouse'}",
+            "CDP_LOG_LEVEL": "WARNING"}
+    persons_env = {**base, "CDP_DATA_DIR": str(tmp / prefix / "persons"), "CDP_WEB_PORT": str(port),
+                   "CDP_ROLES": "persons" if split else "ingest,persons"}
+    s = Settings(**{k[4:].lower(): v for k, v in persons_env.items() if k != "CDP_LOG_LEVEL"})
+    asyncio.run(publish_lines(s, lines))
+    workers = [WorkerProcess(env=persons_env, log_path=tmp / f"{prefix}-persons.log")]
+    if split:
+        workers.append(WorkerProcess(env={**base, "CDP_DATA_DIR": str(tmp / prefix / "ingest"),
+                                          "CDP_WEB_PORT": str(port + 1), "CDP_ROLES": "ingest"},
+                                     log_path=tmp / f"{prefix}-ingest.log"))
+    try:
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + 900
+        while True:
+            health = [w.health() or {} for w in workers]
+            persons = health[0].get("persons") or {}
+            if persons.get("events_sunk", 0) >= len(lines):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pipeline did not sink {len(lines)} events; logs in {tmp}")
+            time.sleep(0.2)
+        ingest = health[-1]["ingest"]
+        counted = int(query(s, "SELECT count() FROM cdp.events", "TabSeparated").strip())
+        unique = int(query(s, "SELECT uniqExact(message_id) FROM cdp.events", "TabSeparated").strip())
+    finally:
+        for w in workers:
+            w.stop()
+    eps = len(lines) / (persons["last_sunk_at"] - ingest["first_event_at"])
+    return {"eps": eps, "counted": counted, "unique": unique, "envelopes": persons["envelopes"],
+            "raw_topic": s.raw_topic, "settings": s}
+
+
 def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
               faust_baseline: bool = False) -> dict[str, Any]:
-    base = Settings()
-    prefix = f"bench{int(time.time())}"
+    port = Settings().web_port + 17
     tmp = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
-    env = {"CDP_TOPIC_PREFIX": prefix, "CDP_CLICKHOUSE_URL": f"chdb://{tmp / 'clickhouse'}",
-           "CDP_DATA_DIR": str(tmp), "CDP_WEB_PORT": str(base.web_port + 17), "CDP_LOG_LEVEL": "WARNING"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        s = Settings()
         lines = bench_events(events, users)
-        asyncio.run(publish_lines(s, lines))
-        raw_eps = asyncio.run(raw_consume_rate(s, s.raw_topic, len(lines)))
-        with WorkerProcess(log_path=tmp / "worker.log") as w:
-            w.start(s)
-            deadline = time.monotonic() + 900
-            health: dict[str, Any] = {}
-            while time.monotonic() < deadline:
-                info = running_worker(s)
-                health = info["health"] if info else {}
-                if health and health["persons"]["events_sunk"] >= len(lines):
-                    break
-                time.sleep(0.2)
-            else:
-                raise TimeoutError(f"pipeline did not sink {len(lines)} events; log {tmp / 'worker.log'}")
-            counted = int(query(s, "SELECT count() FROM cdp.events", "TabSeparated").strip())
-            unique = int(query(s, "SELECT uniqExact(message_id) FROM cdp.events", "TabSeparated").strip())
-        elapsed = health["persons"]["last_sunk_at"] - health["ingest"]["first_event_at"]
-        pipeline_eps = len(lines) / elapsed
-        extra: dict[str, Any] = {}
-        if faust_baseline:
-            n = min(len(lines), 50_000)
-            rate = faust_agent_rate(s, s.raw_topic, n, tmp / "faust-baseline")
-            extra = {"faust_noop_agent_eps": rate, "faust_noop_ratio": round(rate / raw_eps, 3) if rate else None}
-        return {
+        one = _pipeline_rate(lines, tmp, port, split=False)
+        s = one["settings"]
+        raw_eps = asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines)))
+        split = _pipeline_rate(lines, tmp, port + 5, split=True)
+        best = max(one["eps"], split["eps"])
+        result: dict[str, Any] = {
             "events": len(lines),
             "raw_consume_eps": round(raw_eps),
-            "pipeline_eps": round(pipeline_eps),
-            "ratio": round(pipeline_eps / raw_eps, 3),
-            "events_in_clickhouse": counted,
-            "unique_in_clickhouse": unique,
-            "envelopes": health["persons"]["envelopes"],
+            "pipeline_eps": round(best),
+            "ratio": round(best / raw_eps, 3),
+            "pipeline_eps_one_process": round(one["eps"]),
+            "pipeline_eps_ingest_and_persons_processes": round(split["eps"]),
+            "events_in_clickhouse": [one["counted"], split["counted"]],
+            "unique_in_clickhouse": [one["unique"], split["unique"]],
+            "envelopes": one["envelopes"],
             "partitions": s.partitions,
-            **extra,
         }
+        if faust_baseline:
+            n = min(len(lines), 50_000)
+            rate = faust_agent_rate(s, one["raw_topic"], n, tmp / "faust-baseline")
+            result["faust_noop_agent_eps"] = rate
+            result["faust_noop_ratio"] = round(rate / raw_eps, 3) if rate else None
+        return result
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,8 +29,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     s = Settings()
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(ensure_topics(s))
-    sink = ClickHouseSink(s.clickhouse_url)
-    sink.migrate()
+    sink = None
+    if s.runs_persons:  # ingest-only workers hold no ClickHouse (so they can run beside an embedded one)
+        sink = ClickHouseSink(s.clickhouse_url)
+        sink.migrate()
     asyncio.set_event_loop(asyncio.new_event_loop())
     pipeline = build_pipeline(s, sink=sink)
     worker = faust.Worker(pipeline.app, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
@@ -60,7 +62,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     own: WorkerProcess | None = None
     if running_worker(s) is None:
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        own = WorkerProcess(log_path=s.data_dir / "replay-worker.log")
+        own = WorkerProcess(log_path=s.data_dir / "replay-worker.log", port=s.web_port)
         own.start(s)
     try:
         n = asyncio.run(publish_lines(s, lines))

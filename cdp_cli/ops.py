@@ -183,12 +183,25 @@ def query(s: Settings, sql: str, fmt: str = "TabSeparatedWithNames") -> bytes:
 class WorkerProcess:
     """``cdp worker`` in a child process, for replay, the demo, the benchmark and integration tests."""
 
-    def __init__(self, env: dict[str, str] | None = None, log_path: Path | None = None):
+    def __init__(self, env: dict[str, str] | None = None, log_path: Path | None = None, port: int | None = None):
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
+        self.port = port or int(self.env.get("CDP_WEB_PORT", "6066"))
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, s: Settings, timeout_s: float = 90.0) -> None:
+    @property
+    def url(self) -> str:
+        return f"http://{self.env.get('CDP_WEB_HOST', '127.0.0.1')}:{self.port}"
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                return orjson.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def start(self, s: Settings | None = None, timeout_s: float = 90.0) -> None:
+        """Start and wait until every role it runs has its partitions."""
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "cdp_cli.main", "worker"], env=self.env,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -196,9 +209,8 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
-            info = running_worker(s)
-            if info and info["health"]["ingest"] and info["health"]["ingest"]["running"] \
-                    and info["health"]["ingest"]["assigned"]:
+            h = self.health()
+            if h and h.get("ready"):
                 return
             time.sleep(0.2)
         self.stop()

@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
     log_level: str = "WARNING"
+    # What this worker process runs: "ingest", "persons" or both. Ingest-only workers need no ClickHouse and no
+    # state, so ingestion scales out separately from the person stage (which holds the embedded ClickHouse).
+    roles: str = Field(default="ingest,persons", pattern=r"^(ingest|persons)(,(ingest|persons))?$")
+
+    @property
+    def runs_ingest(self) -> bool:
+        return "ingest" in self.roles.split(",")
+
+    @property
+    def runs_persons(self) -> bool:
+        return "persons" in self.roles.split(",")
 
     @cached_property
     def resolved_rules_dir(self) -> Path:
@@ -78,7 +89,9 @@ class Settings(BaseSettings):
 
     @property
     def app_id(self) -> str:
-        return f"{self.topic_prefix}-pipeline"
+        """Faust app id and consumer group of the person stage. An ingest-only worker has an id of its own, so it
+        never joins (and rebalances) the person stage's group."""
+        return f"{self.topic_prefix}-pipeline" if self.runs_persons else f"{self.topic_prefix}-ingest-worker"
 
     @property
     def ingest_group(self) -> str:

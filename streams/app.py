@@ -34,8 +34,8 @@ log = logging.getLogger("cdp.app")
 class Pipeline:
     """Everything one worker runs; built by ``build_pipeline``, started by Faust."""
 
-    def __init__(self, app: faust.App, settings: Settings, rules: RuleSet, stage: PersonStage,
-                 ingest: Ingest | None, sink: ClickHouseSink | None, persons_agent: Any):
+    def __init__(self, app: faust.App, settings: Settings, rules: RuleSet, stage: PersonStage | None,
+                 ingest: Ingest | None, sink: ClickHouseSink | None, persons_agent: Any | None):
         self.app = app
         self.settings = settings
         self.rules = rules
@@ -48,7 +48,11 @@ class Pipeline:
 
 
 def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: ClickHouseSink | None = None,
-                   with_ingest: bool = True, store: str | None = None) -> Pipeline:
+                   with_ingest: bool | None = None, with_persons: bool | None = None,
+                   store: str | None = None) -> Pipeline:
+    """The worker's Faust app with the roles the settings name (``CDP_ROLES``), unless given here."""
+    with_ingest = settings.runs_ingest if with_ingest is None else with_ingest
+    with_persons = settings.runs_persons if with_persons is None else with_persons
     rules = rules if rules is not None else load_rules(settings.resolved_rules_dir)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -70,30 +74,13 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
         # One table write per person per envelope; the changelog is the table's durable copy.
         table_cleanup_interval=60.0,
     )
-    person_topic = app.topic(settings.person_events_topic, key_type=bytes, value_type=bytes,
-                             key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
-    action_topics = {c.value: app.topic(settings.action_topic(c.value), key_type=bytes, value_type=bytes,
-                                        key_serializer="raw", value_serializer="raw") for c in Channel}
-    # Person state: bytes in, bytes out (core.person encodes it; bytes types make Faust use the raw codec),
-    # one RocksDB database per partition.
-    table = app.Table("persons", key_type=bytes, value_type=bytes, partitions=settings.partitions, default=None)
-
-    async def send_action(channel: str, key: bytes, value: bytes) -> Any:
-        return await action_topics[channel].send(key=key, value=value)
-
-    stage = PersonStage(rules, table, sink, send_action, settings.partitions, settings.person_events_topic)
-
-    @app.agent(person_topic, name="persons")
-    async def persons(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await stage.handle(event.message.partition, event.message.offset, event.value)
-
-    @app.on_rebalance_complete.connect
-    async def _rebalanced(sender: Any, **kwargs: Any) -> None:
-        stage.on_rebalance()
+    stage: PersonStage | None = None
+    persons_agent: Any = None
+    if with_persons:
+        stage, persons_agent = _person_stage(app, settings, rules, sink)
 
     ingest = Ingest(settings, rules) if with_ingest else None
-    pipeline = Pipeline(app, settings, rules, stage, ingest, sink, persons)
+    pipeline = Pipeline(app, settings, rules, stage, ingest, sink, persons_agent)
 
     if ingest is not None:
         @app.task
@@ -106,6 +93,8 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
 
     @app.task
     async def _announce() -> None:
+        if not with_persons:
+            return  # the file tells `cdp sql` where the ClickHouse holder is: only a person-stage worker has it
         # `cdp sql` and `cdp replay` find a running worker through this file (0600: it holds the admin token).
         path = settings.worker_file
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,11 +141,41 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
     return pipeline
 
 
+def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
+                  sink: ClickHouseSink | None) -> tuple[PersonStage, Any]:
+    person_topic = app.topic(settings.person_events_topic, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    action_topics = {c.value: app.topic(settings.action_topic(c.value), key_type=bytes, value_type=bytes,
+                                        key_serializer="raw", value_serializer="raw") for c in Channel}
+    # Person state: bytes in, bytes out (core.person encodes it; bytes types make Faust use the raw codec),
+    # one RocksDB database per partition.
+    table = app.Table("persons", key_type=bytes, value_type=bytes, partitions=settings.partitions, default=None)
+
+    async def send_action(channel: str, key: bytes, value: bytes) -> Any:
+        return await action_topics[channel].send(key=key, value=value)
+
+    stage = PersonStage(rules, table, sink, send_action, settings.partitions, settings.person_events_topic)
+
+    @app.agent(person_topic, name="persons")
+    async def persons(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await stage.handle(event.message.partition, event.message.offset, event.value)
+
+    @app.on_rebalance_complete.connect
+    async def _rebalanced(sender: Any, **kwargs: Any) -> None:
+        stage.on_rebalance()
+    return stage, persons
+
+
 def health(p: Pipeline) -> dict[str, Any]:
     ing = p.ingest
-    st = p.stage.stats
+    stage = p.stage
+    ingest_ready = ing is None or (ing.running and ing.consumer is not None and bool(ing.consumer.assignment()))
+    persons_ready = stage is None or bool(p.app.consumer.assignment())
     return {
         "status": "ok",
+        "ready": ingest_ready and persons_ready,
+        "roles": p.settings.roles,
         "app_id": p.settings.app_id,
         "rules_digest": p.rules.digest,
         "uptime_s": round(time.time() - p.started_at, 1),
@@ -167,9 +186,9 @@ def health(p: Pipeline) -> dict[str, Any]:
             "records_in": ing.records_in,
             "first_event_at": ing.first_event_at,
         },
-        "persons": {
-            "envelopes": st.envelopes, "events_sunk": st.events_sunk, "duplicates": st.duplicates,
-            "actions": st.actions, "dropped": st.dropped, "last_sunk_at": st.last_sunk_at,
-            "timers_pending": len(p.stage.timers),
+        "persons": None if stage is None else {
+            "envelopes": stage.stats.envelopes, "events_sunk": stage.stats.events_sunk,
+            "duplicates": stage.stats.duplicates, "actions": stage.stats.actions, "dropped": stage.stats.dropped,
+            "last_sunk_at": stage.stats.last_sunk_at, "timers_pending": len(stage.timers),
         },
     }
