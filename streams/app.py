@@ -8,6 +8,7 @@ Data path (docs/architecture.md):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import logging
 import os
@@ -29,6 +30,9 @@ from streams.ingest import Ingest
 from streams.persons import PersonStage
 
 log = logging.getLogger("cdp.app")
+
+# Envelopes processed ahead of their effects (bounded, so memory and redelivery after a crash stay small).
+PIPELINE_DEPTH = 4
 
 
 class Pipeline:
@@ -70,6 +74,8 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
+        # Envelopes are large (up to 700 KB): fetch many per partition per request.
+        consumer_max_fetch_size=16 * 1024 * 1024,
         autodiscover=False,
         # One table write per person per envelope; the changelog is the table's durable copy.
         table_cleanup_interval=60.0,
@@ -158,8 +164,29 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
 
     @app.agent(person_topic, name="persons")
     async def persons(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await stage.handle(event.message.partition, event.message.offset, event.value)
+        # Pipelined: while one envelope's effects (ClickHouse insert, actions, state writes) are carried out, the
+        # next envelopes are already processed. Effects run strictly in order and an envelope is acked (its offset
+        # becomes committable) only after its effects are done; a bounded queue holds the two steps together.
+        manual = stream.noack()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+
+        async def carry_out() -> None:
+            while True:
+                fx, ctx, event = await queue.get()
+                if fx is not None:
+                    await stage.complete(fx, ctx)
+                await manual.ack(event)
+                queue.task_done()
+
+        effects_task = asyncio.ensure_future(carry_out())
+        try:
+            async for event in manual.events():
+                fx = stage.process(event.message.partition, event.message.offset, event.value)
+                await queue.put((fx, contextvars.copy_context(), event))
+                if effects_task.done():
+                    effects_task.result()  # an effect failed for good: crash the agent rather than go on
+        finally:
+            effects_task.cancel()
 
     @app.on_rebalance_complete.connect
     async def _rebalanced(sender: Any, **kwargs: Any) -> None:

@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -23,6 +25,9 @@ from streams import metrics
 from streams.kafka import client_kwargs
 
 log = logging.getLogger("cdp.ingest")
+
+# Batches read ahead of their acknowledgements.
+INGEST_PIPELINE_DEPTH = 2
 
 
 class Ingest:
@@ -38,6 +43,7 @@ class Ingest:
         self.records_in = 0
         self._stopping = asyncio.Event()
         self._last_heartbeat = 0.0
+        self._unacked: deque[tuple[list[asyncio.Future[Any]], dict[TopicPartition, int]]] = deque()
 
     async def start(self) -> None:
         kw = client_kwargs(self.s)
@@ -53,8 +59,22 @@ class Ingest:
         await self.producer.start()
         await self.consumer.start()
 
+    async def _rewind(self) -> None:
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+
     async def stop(self) -> None:
         self._stopping.set()
+        if self.consumer is not None and self._unacked:
+            try:
+                await self._commit_acknowledged(drain=True)
+            except (KafkaError, CommitFailedError) as exc:
+                log.warning("ingest: final commit failed (records will be read again): %r", exc)
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
@@ -69,12 +89,17 @@ class Ingest:
                 batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.s.ingest_batch)
                 if batches:
                     await self._process(batches)
+                else:
+                    await self._commit_acknowledged(drain=True)
                 await self._maybe_heartbeat()
             except asyncio.CancelledError:
                 raise
             except (KafkaError, CommitFailedError) as exc:
-                # Uncommitted records are read again (the person stage drops duplicates by messageId).
-                log.warning("ingest: kafka error, retrying: %r", exc)
+                # Uncommitted records are read again (the person stage drops duplicates by messageId): rewind
+                # to the last committed offsets so nothing whose write failed is skipped.
+                log.warning("ingest: kafka error, re-reading from the last commit: %r", exc)
+                self._unacked.clear()
+                await self._rewind()
                 await asyncio.sleep(1.0)
         self.running = False
 
@@ -110,10 +135,25 @@ class Ingest:
             futures.append(await self.producer.send(
                 self.s.dlq_topic, row.model_dump_json().encode(), key=key, headers=row.headers()))
             metrics.bad_rows.labels(row.stage.value, row.reason).inc()
-        if futures:
-            await asyncio.gather(*futures)
         metrics.events_ok.inc(res.ok)
-        await self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batches.items()})
+        # Read the next batch while this one's writes are acknowledged; commit strictly in order, and only
+        # offsets whose every envelope and bad row the broker has acknowledged.
+        self._unacked.append((futures, {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}))
+        await self._commit_acknowledged(wait=len(self._unacked) > INGEST_PIPELINE_DEPTH)
+
+    async def _commit_acknowledged(self, wait: bool = False, drain: bool = False) -> None:
+        assert self.consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        while self._unacked:
+            futures, batch_offsets = self._unacked[0]
+            if not (wait or drain) and not all(f.done() for f in futures):
+                break
+            await asyncio.gather(*futures)  # raises if a write failed: nothing of it is committed
+            self._unacked.popleft()
+            offsets.update(batch_offsets)
+            wait = False
+        if offsets:
+            await self.consumer.commit(offsets)
 
     async def _maybe_heartbeat(self) -> None:
         """Tell every person partition how far event time has come, so timers fire when no events arrive.

@@ -10,6 +10,7 @@ action the same action.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +42,19 @@ class StateStore(Protocol):
 ActionSender = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 
+@dataclass(slots=True)
+class Effects:
+    """What one envelope must do outside the process, computed up front so the next envelope can be processed
+    while these are carried out."""
+
+    seq: int
+    token: str  # ClickHouse insert deduplication token: topic:partition:offset
+    event_lines: list[bytes]
+    actions: list[tuple[str, str, dict[str, Any]]]
+    states: dict[str, bytes]
+    cpu_s: float
+
+
 @dataclass
 class StageStats:
     envelopes: int = 0
@@ -64,6 +78,9 @@ class PersonStage:
         self.timers = TimerQueue()
         self.stats = StageStats()
         self._timers_loaded = False
+        # Person states computed by envelopes whose effects are not written yet: pk -> (envelope seq, state).
+        self._inflight: dict[str, tuple[int, PersonState]] = {}
+        self._seq = 0
         # The embedded ClickHouse call blocks; it runs on one thread so the event loop keeps Kafka heartbeats going.
         self._sink_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdp-sink")
 
@@ -84,12 +101,24 @@ class PersonStage:
     def _state(self, states: dict[str, PersonState], pk: str) -> PersonState:
         st = states.get(pk)
         if st is None:
-            raw = self.store.get(pk.encode())
-            st = PersonState.from_bytes(raw) if raw is not None else PersonState.new(pk)
+            # The newest state is the one an envelope still in flight computed, else the table's.
+            pending = self._inflight.get(pk)
+            if pending is not None:
+                st = pending[1]
+            else:
+                raw = self.store.get(pk.encode())
+                st = PersonState.from_bytes(raw) if raw is not None else PersonState.new(pk)
             states[pk] = st
         return st
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
+        """Process one envelope and carry out its effects before returning."""
+        effects = self.process(partition, offset, value)
+        if effects is not None:
+            await self.complete(effects)
+
+    def process(self, partition: int, offset: int, value: bytes) -> Effects | None:
+        """The core's work on one envelope (no I/O). Its effects must then go through ``complete``, in order."""
         t0 = time.perf_counter()
         if not self._timers_loaded:
             self._load_timers()
@@ -99,7 +128,7 @@ class PersonStage:
         except Exception as exc:
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
             metrics.bad_rows.labels("process", "bad_envelope").inc()
-            return
+            return None
         by_person: dict[str, list[Entry]] = {}
         for en in env.entries:
             by_person.setdefault(en.pk, []).append(en)
@@ -127,27 +156,43 @@ class PersonStage:
             nxt = st.next_deadline()
             if nxt is not None:
                 self.timers.schedule(partition, nxt, pk)
-        # (1) ClickHouse
-        token = f"{self.topic}:{partition}:{offset}"
-        if self.sink is not None and (event_lines or actions):
-            lines = [action_row(a) for _, _, a in actions]
-            await self._insert_until_done(token, event_lines, lines)
-            if event_lines:
+        self._seq += 1
+        for pk, st in states.items():
+            self._inflight[pk] = (self._seq, st)
+        return Effects(self._seq, f"{self.topic}:{partition}:{offset}", event_lines, actions,
+                       {pk: st.to_bytes() for pk, st in states.items()}, time.perf_counter() - t0)
+
+    async def complete(self, fx: Effects, write_context: contextvars.Context | None = None) -> None:
+        """Carry out one envelope's effects: (1) ClickHouse, (2) action topics, (3) state. Call in envelope order.
+
+        ``write_context`` is the context the envelope was read in: Faust writes a table key to the changelog
+        partition of the event being processed, which it finds there."""
+        t0 = time.perf_counter()
+        if self.sink is not None and (fx.event_lines or fx.actions):
+            lines = [action_row(a) for _, _, a in fx.actions]
+            await self._insert_until_done(fx.token, fx.event_lines, lines)
+            if fx.event_lines:
                 self.stats.last_sunk_at = time.time()
-        self.stats.events_sunk += len(event_lines)
-        metrics.events_sunk.inc(len(event_lines))
-        # (2) action topics, acknowledged
-        acks = [await self.send_action(ch, oneid.encode(), orjson.dumps(a)) for ch, oneid, a in actions]
+        self.stats.events_sunk += len(fx.event_lines)
+        metrics.events_sunk.inc(len(fx.event_lines))
+        acks = [await self.send_action(ch, oneid.encode(), orjson.dumps(a)) for ch, oneid, a in fx.actions]
         for ack in acks:
             await ack
-        for ch, _, a in actions:
+        for ch, _, a in fx.actions:
             metrics.actions.labels(ch, a["rule_id"]).inc()
-        self.stats.actions += len(actions)
-        # (3) state, one write per person touched
-        for pk, st in states.items():
-            self.store[pk.encode()] = st.to_bytes()
+        self.stats.actions += len(fx.actions)
+        if write_context is not None:
+            write_context.run(self._write_states, fx)
+        else:
+            self._write_states(fx)
         self.stats.envelopes += 1
-        metrics.envelope_seconds.observe(time.perf_counter() - t0)
+        metrics.envelope_seconds.observe(fx.cpu_s + time.perf_counter() - t0)
+
+    def _write_states(self, fx: Effects) -> None:
+        for pk, raw in fx.states.items():
+            self.store[pk.encode()] = raw
+            if self._inflight.get(pk, (None,))[0] == fx.seq:
+                del self._inflight[pk]
 
     async def _insert_until_done(self, token: str, event_lines: list[bytes], action_lines: list[bytes]) -> None:
         """Back-pressure: while ClickHouse fails, retry (same token, so no duplicates) and read nothing new."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
@@ -54,6 +56,15 @@ def pipeline(tmp_path):
     return p
 
 
+async def settled(pipeline, envelopes: int) -> None:
+    """The agent carries out effects behind processing (pipelined): wait until it has done so for all."""
+    for _ in range(500):
+        if pipeline.stage.stats.envelopes >= envelopes:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"only {pipeline.stage.stats.envelopes} of {envelopes} envelopes carried out")
+
+
 async def test_agent_sinks_events_keeps_state_and_fires_the_trigger_at_the_watermark(pipeline):
     pk = "user_id:u1"
     assert partition_for(pk, 1) == 0
@@ -63,10 +74,12 @@ async def test_agent_sinks_events_keeps_state_and_fires_the_trigger_at_the_water
         await agent.put(envelope(T0, (pk, T0 - 1000, ident), (pk, T0, cart)), key=b"p0", partition=0)
         # The same events again (a redelivery) and a heartbeat that has not reached the deadline yet.
         await agent.put(envelope(T0 + HOUR - 1, (pk, T0, cart)), key=b"p0", partition=0)
+        await settled(pipeline, 2)
         assert pipeline.sent == []
         # A heartbeat past the deadline fires the reminder, without any event of the person's.
         await agent.put(envelope(T0 + HOUR), key=b"p0", partition=0)
         await agent.put(envelope(T0 + 5 * HOUR), key=b"p0", partition=0)
+        await settled(pipeline, 4)
 
     events = pipeline.sink.rows("events")
     assert sorted(r["message_id"] for r in events) == ["c1", "i1"]  # the redelivered copy is not sunk again
