@@ -65,8 +65,8 @@ def faust_agent_rate(s: Settings, topic: str, n: int, datadir: Path) -> int | No
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=180).stdout
         for line in out.decode().splitlines():
-            if line.startswith("{"):
-                return int(orjson.loads(line)["faust_agent_eps"])
+            if "{" in line:  # Faust's console writes terminal codes before it
+                return int(orjson.loads(line[line.index("{"):])["faust_agent_eps"])
     except subprocess.TimeoutExpired:
         pass
     return None
