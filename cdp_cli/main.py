@@ -41,8 +41,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
-    print("cdp collector: not built yet (see the event-collection issue)", file=sys.stderr)
-    return 2
+    from streams.collector import run_standalone
+    from streams.kafka import ensure_topics
+
+    s = Settings()
+    logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        asyncio.run(ensure_topics(s))
+    except Exception as exc:
+        logging.warning("could not check topics (%r); serving anyway", exc)
+    try:
+        asyncio.run(run_standalone(s))
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -163,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run the pipeline worker (agents, web port: /healthz, /metrics)").set_defaults(
         fn=cmd_worker)
-    sub.add_parser("collector", help="the HTTP collector alone").set_defaults(fn=cmd_collector)
+    sub.add_parser("collector", help="the HTTP collector alone (Segment-compatible /v1/*), no agents").set_defaults(
+        fn=cmd_collector)
     sp = sub.add_parser("send", help="publish a JSON-lines file of events to the raw topic")
     sp.add_argument("file", help="JSON lines, or - for standard input")
     sp.set_defaults(fn=cmd_send)

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
     log_level: str = "WARNING"
+    # Collector: how long to wait for Kafka's acknowledgement before answering 503 (retry).
+    collector_ack_timeout_s: float = Field(default=10.0, gt=0)
     # What this worker process runs: "ingest", "persons" or both. Ingest-only workers need no ClickHouse and no
     # state, so ingestion scales out separately from the person stage (which holds the embedded ClickHouse).
     roles: str = Field(default="ingest,persons", pattern=r"^(ingest|persons)(,(ingest|persons))?$")

@@ -26,6 +26,7 @@ from rules.loader import RuleSet, load_rules
 from schemas.actions import Channel
 from sinks.clickhouse import ClickHouseSink
 from streams import metrics
+from streams.collector import Collector, mount_on_faust
 from streams.ingest import Ingest
 from streams.persons import PersonStage
 
@@ -96,6 +97,10 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
                 await ingest.run()
             finally:
                 await ingest.stop()
+
+    if with_ingest:
+        # The HTTP collector rides with ingest: both are the way in, and neither needs ClickHouse or state.
+        mount_on_faust(app, Collector(settings))
 
     @app.task
     async def _announce() -> None:

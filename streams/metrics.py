@@ -15,3 +15,7 @@ watermark_lag = Gauge("cdp_watermark_lag_seconds", "wall clock minus event-time 
                       registry=REGISTRY)
 sink_seconds = Histogram("cdp_sink_insert_seconds", "ClickHouse insert time", ["table"], registry=REGISTRY)
 envelope_seconds = Histogram("cdp_envelope_seconds", "time to process one envelope", registry=REGISTRY)
+collector_requests = Counter("cdp_collector_requests_total", "collector requests by endpoint and status",
+                             ["endpoint", "status"], registry=REGISTRY)
+collector_events = Counter("cdp_collector_events_total", "events accepted or rejected by the collector", ["outcome"],
+                           registry=REGISTRY)

@@ -1,0 +1,138 @@
+"""HTTP collector adapter: Segment-compatible endpoints in front of ``cdp.events.raw``.
+
+Answers 200 only after Kafka acknowledged every accepted event (acks=all), 503 (retry) when the broker cannot
+take them, so nothing a client was told is accepted is ever lost; a client retry after a 503 may publish an event
+twice, which the person stage drops by ``messageId``. Mounted in ``cdp worker`` and run alone by ``cdp collector``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from core.collect import KINDS, MAX_REQUEST_BYTES, authorized, collect
+from core.settings import Settings
+from streams import metrics
+from streams.kafka import client_kwargs
+
+log = logging.getLogger("cdp.collector")
+
+CORS = {
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+class Collector:
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.write_keys = [k.strip() for k in settings.write_keys.split(",") if k.strip()]
+        self.producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get_producer(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self.producer is None:
+                p = AIOKafkaProducer(**client_kwargs(self.s), acks="all", enable_idempotence=True, linger_ms=2,
+                                     request_timeout_ms=int(self.s.collector_ack_timeout_s * 1000))
+                try:
+                    await asyncio.wait_for(p.start(), self.s.collector_ack_timeout_s)
+                except BaseException:
+                    await p.stop()
+                    raise
+                self.producer = p
+            return self.producer
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+    async def handle(self, method: str, kind: str, headers: Mapping[str, str],
+                     body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """(status, JSON body, response headers) for one request; ``body`` already decompressed."""
+        cors = {**CORS, "Access-Control-Allow-Origin": headers.get("Origin", "*")}
+        if method == "OPTIONS":
+            return 204, b"", cors
+        if kind not in KINDS:
+            return 404, orjson.dumps({"success": False, "error": f"no endpoint /v1/{kind}"}), cors
+        if not authorized(headers.get("Authorization"), self.write_keys):
+            metrics.collector_requests.labels(kind, "401").inc()
+            return 401, orjson.dumps({"success": False, "error": "missing or unknown write key"}), \
+                {**cors, "WWW-Authenticate": 'Basic realm="cdp"'}
+        # aiohttp has already inflated a gzip body, within the server's client_max_size.
+        res = collect(kind, body)
+        if res.records:
+            try:
+                producer = await self._get_producer()
+                futs = [await producer.send(self.s.raw_topic, value, key=key) for key, value in res.records]
+                await asyncio.wait_for(asyncio.gather(*futs), self.s.collector_ack_timeout_s)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                log.warning("collector: broker did not acknowledge, answering 503: %r", exc)
+                metrics.collector_requests.labels(kind, "503").inc()
+                return 503, orjson.dumps({"success": False, "error": "event store unavailable, retry"}), \
+                    {**cors, "Retry-After": "1"}
+        metrics.collector_requests.labels(kind, str(res.status)).inc()
+        metrics.collector_events.labels("accepted").inc(len(res.records))
+        metrics.collector_events.labels("rejected").inc(len(res.rejected))
+        return res.status, orjson.dumps(res.response()), cors
+
+
+def mount_on_faust(app: Any, collector: Collector) -> None:
+    """The collector's endpoints on the worker's Faust web server."""
+    from faust.web import Request, Response, View
+
+    for kind in sorted(KINDS):
+        def make(k: str) -> type[View]:
+            class CollectView(View):
+                async def post(self, request: Request) -> Response:
+                    return await self._answer("POST", request)
+
+                async def options(self, request: Request) -> Response:
+                    return await self._answer("OPTIONS", request)
+
+                async def _answer(self, method: str, request: Request) -> Response:
+                    body = await request.read() if method == "POST" else b""
+                    status, out, headers = await collector.handle(method, k, request.headers, body)
+                    return self.bytes(out, content_type="application/json", status=status, headers=headers)
+            CollectView.__name__ = f"Collect_{k}"
+            return CollectView
+        app.page(f"/v1/{kind}")(make(kind))
+
+
+async def run_standalone(settings: Settings) -> None:
+    """``cdp collector``: the endpoints alone on an aiohttp server (no agents, no ClickHouse)."""
+    from aiohttp import web
+
+    collector = Collector(settings)
+
+    async def endpoint(request: web.Request) -> web.Response:
+        body = await request.read() if request.method == "POST" else b""
+        status, out, headers = await collector.handle(request.method, request.match_info["kind"],
+                                                      request.headers, body)
+        return web.Response(body=out, status=status, headers=headers, content_type="application/json")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "role": "collector", "raw_topic": settings.raw_topic})
+
+    app = web.Application(client_max_size=2 * MAX_REQUEST_BYTES)
+    app.router.add_route("POST", "/v1/{kind}", endpoint)
+    app.router.add_route("OPTIONS", "/v1/{kind}", endpoint)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.web_host, settings.web_port)
+    await site.start()
+    log.warning("collector listening on http://%s:%s/v1/", settings.web_host, settings.web_port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await collector.stop()
+        await runner.cleanup()

@@ -1,0 +1,55 @@
+import base64
+
+import orjson
+
+from core.collect import MAX_EVENT_BYTES, MAX_REQUEST_BYTES, authorized, collect, write_key_of
+
+
+def basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def test_write_key_auth_like_segment_sdks():
+    assert write_key_of(basic("wk1")) == "wk1"
+    assert authorized(basic("wk1"), ["wk0", "wk1"])
+    assert not authorized(basic("nope"), ["wk1"])
+    assert not authorized(None, ["wk1"]) and not authorized("Basic !!!", ["wk1"])
+    assert authorized(None, [])  # no keys configured: an open collector (local development)
+
+
+def test_single_call_takes_its_type_from_the_endpoint():
+    res = collect("track", orjson.dumps({"messageId": "m1", "event": "Signed Up", "userId": "u1"}))
+    assert res.status == 200 and len(res.records) == 1
+    key, value = res.records[0]
+    assert key == b"u1" and orjson.loads(value)["type"] == "track"
+
+
+def test_batch_accepts_the_good_and_reports_the_bad_with_fields():
+    body = {"batch": [
+        {"type": "identify", "messageId": "m1", "userId": "u1", "traits": {"email": "a@b.c"}},
+        {"type": "track", "messageId": "m2", "userId": "u1"},  # no event name
+        {"type": "page", "messageId": "m3", "anonymousId": "a1", "name": "Home"},
+        "not an object",
+    ], "context": {"library": {"name": "sdk"}}, "sentAt": "2026-11-20T10:00:00Z"}
+    res = collect("batch", orjson.dumps(body))
+    assert res.status == 200 and len(res.records) == 2
+    assert [r["index"] for r in res.rejected] == [1, 3]
+    assert res.rejected[0]["messageId"] == "m2"
+    first = orjson.loads(res.records[0][1])
+    assert first["context"]["library"]["name"] == "sdk" and first["sentAt"] == "2026-11-20T10:00:00Z"
+    assert res.response()["accepted"] == 2
+
+
+def test_limits_answer_413():
+    big = {"type": "track", "messageId": "m", "event": "x", "userId": "u", "properties": {"p": "x" * MAX_EVENT_BYTES}}
+    assert collect("track", orjson.dumps(big)).status == 413
+    assert collect("batch", b"x" * (MAX_REQUEST_BYTES + 1)).status == 413
+    res = collect("batch", orjson.dumps({"batch": [big, {**big, "properties": {}}]}))
+    assert res.status == 200 and len(res.records) == 1 and res.rejected[0]["index"] == 0
+
+
+def test_bad_bodies_are_400_and_unknown_endpoints_404():
+    assert collect("track", b"{nope").status == 400
+    assert collect("batch", b'{"batch": 5}').status == 400
+    assert collect("batch", orjson.dumps({"batch": [{"type": "track"}]})).status == 400
+    assert collect("purchase", b"{}").status == 404
