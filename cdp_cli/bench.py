@@ -8,6 +8,7 @@ row inserted into ClickHouse, as the worker itself clocks them; the run checks e
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -110,6 +111,57 @@ def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool) -> dic
             "raw_topic": s.raw_topic, "settings": s}
 
 
+async def _post_batches(url: str, lines: list[bytes], batch: int, concurrency: int) -> None:
+    import aiohttp
+
+    bodies = [b'{"batch":[' + b",".join(lines[i:i + batch]) + b"]}" for i in range(0, len(lines), batch)]
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    async with aiohttp.ClientSession() as http:
+        async def client() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                async with http.post(url + "/v1/batch", data=body,
+                                     headers={"Content-Type": "application/json"}) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"collector answered {r.status}: {await r.text()}")
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+
+
+def collector_rates(lines: list[bytes], tmp: Path, port: int) -> dict[str, float]:
+    """Events/s the collector accepts (HTTP batches of 100, 8 clients, answered after Kafka's acks) and, in the
+    same run, the rate of producing the same events straight to Kafka with the same acks."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    s = Settings(topic_prefix=prefix, web_port=port)
+    t0 = time.perf_counter()
+    asyncio.run(publish_lines(s, lines))
+    produce_eps = len(lines) / (time.perf_counter() - t0)
+    env = {**os.environ, "CDP_TOPIC_PREFIX": prefix + "c", "CDP_WEB_PORT": str(port), "CDP_DATA_DIR": str(tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "cdp_cli.main", "collector"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        asyncio.run(_post_batches(url, lines[:1000], 100, 8))  # warm-up: connections, producer, metadata
+        t0 = time.perf_counter()
+        asyncio.run(_post_batches(url, lines, 100, 8))
+        collector_eps = len(lines) / (time.perf_counter() - t0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"collector_eps": collector_eps, "produce_eps": produce_eps}
+
+
 def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
               faust_baseline: bool = False) -> dict[str, Any]:
     port = Settings().web_port + 17
@@ -133,6 +185,10 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
             "envelopes": one["envelopes"],
             "partitions": s.partitions,
         }
+        col = collector_rates(lines[:50_000], tmp, port + 10)
+        result["collector_accepted_eps"] = round(col["collector_eps"])
+        result["raw_produce_eps"] = round(col["produce_eps"])
+        result["collector_ratio"] = round(col["collector_eps"] / col["produce_eps"], 3)
         if faust_baseline:
             n = min(len(lines), 50_000)
             rate = faust_agent_rate(s, one["raw_topic"], n, tmp / "faust-baseline")
