@@ -158,6 +158,15 @@ def cmd_dlq_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from cdp_cli.ops import dlq_replay
+
+    s = Settings()
+    n, seen = asyncio.run(dlq_replay(s, _dt(args.since) if args.since else None, args.reason, args.stage))
+    print(f"replayed {n} of {seen} bad rows from {s.dlq_topic} to {s.raw_topic}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from cdp_cli.bench import run_bench
 
@@ -209,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("dlq", help="bad rows on the dead-letter topic")
     dsub = sp.add_subparsers(dest="dlq_command", required=True)
     dsub.add_parser("stats", help="bad rows by stage and reason").set_defaults(fn=cmd_dlq_stats)
+    rp = dsub.add_parser("replay", help="re-publish bad rows' original messages after a fix (no duplicates)")
+    rp.add_argument("--since", help="only rows dead-lettered at or after this ISO time")
+    rp.add_argument("--reason", help="only rows with this reason (e.g. schema, no_identifier)")
+    rp.add_argument("--stage", help="only rows of this stage (decode, validate)")
+    rp.set_defaults(fn=cmd_dlq_replay)
     sp = sub.add_parser("bench", help="raw consume rate vs. whole-pipeline rate on the local broker")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--events", type=int, default=200_000)

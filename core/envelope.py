@@ -26,6 +26,7 @@ class Entry:
     rcv: int
     src: tuple[int, int]  # raw partition, raw offset
     event: dict[str, Any]
+    flags: tuple[str, ...] = ()  # e.g. future_timestamp: the event's own time was not trusted
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +37,13 @@ class Envelope:
 
 
 def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
-                 event: dict[str, Any] | bytes) -> bytes:
+                 event: dict[str, Any] | bytes, flags: list[str] | None = None) -> bytes:
     """One entry; ``event`` is the event's dict, or its JSON already encoded."""
     e = orjson.Fragment(event) if isinstance(event, bytes) else event
-    return orjson.dumps({"pk": pk, "ts": ts, "rcv": rcv, "src": (raw_partition, raw_offset), "e": e})
+    d = {"pk": pk, "ts": ts, "rcv": rcv, "src": (raw_partition, raw_offset), "e": e}
+    if flags:
+        d["flags"] = flags
+    return orjson.dumps(d)
 
 
 def encode_envelopes(source: str, watermark: int, entries: list[bytes]) -> list[bytes]:
@@ -66,5 +70,6 @@ def decode_envelope(raw: bytes) -> Envelope:
     return Envelope(
         source=d["src"],
         watermark=int(d["wm"]),
-        entries=tuple(Entry(e["pk"], e["ts"], e["rcv"], tuple(e["src"]), e["e"]) for e in d["events"]),
+        entries=tuple(Entry(e["pk"], e["ts"], e["rcv"], tuple(e["src"]), e["e"], tuple(e.get("flags", ())))
+                      for e in d["events"]),
     )

@@ -5,6 +5,7 @@ Every record ends as exactly one of: an entry in an envelope (ok) or a bad row (
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from core.envelope import encode_entry
 from core.ids import partition_for, person_key
+from core.normalize import clean_event
 from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
 from schemas.events import Event, field_errors, pipeline_dict
@@ -34,6 +36,8 @@ class RawRecordLike(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class RawRecord:
     timestamp: int  # Kafka's record timestamp (ms): when the producer or broker received it
     key: bytes | None
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(slots=True)
@@ -55,6 +60,10 @@ class IngestResult:
     # Greatest event time seen per raw partition, never later than now (a device clock in the future must not
     # move event time on).
     max_event_ts: dict[int, int] = field(default_factory=dict)
+    # Identifiers dropped as empty, placeholder, malformed or blocked, by type (the events were kept).
+    dropped_identifiers: Counter[str] = field(default_factory=Counter)
+    # Events whose timestamp was too far ahead to trust.
+    flagged: int = 0
 
 
 def _iso(ms: int) -> str:
@@ -64,13 +73,27 @@ def _iso(ms: int) -> str:
 def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_ms: int) -> tuple[bytes | None, BadRow]:
     payload, enc = BadRow.encode_payload(rec.value or b"")
     key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
+    headers = {k: v.decode("utf-8", "replace") for k, v in (rec.headers or ())}
     row = BadRow(stage=stage, reason=reason, errors=errors, payload=payload, payload_encoding=enc, key=key,
+                 headers=headers,
                  source={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
                  received_at=_iso(now_ms))
     return rec.key, row
 
 
-def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions: int, now_ms: int) -> IngestResult:
+def event_time(timestamp: datetime | None, sent_at: datetime | None, received_ms: int) -> int:
+    """Event time in ms. With ``sentAt``, the device clock's skew is removed as Segment does:
+    ``timestamp + (receivedAt - sentAt)``; without a timestamp, the receive time."""
+    if timestamp is None:
+        return received_ms
+    ts = int(timestamp.timestamp() * 1000)
+    if sent_at is not None:
+        ts += received_ms - int(sent_at.timestamp() * 1000)
+    return ts
+
+
+def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions: int, now_ms: int,
+                   max_future_ms: int = 86_400_000) -> IngestResult:
     res = IngestResult()
     aliases = rules.aliases
     for rec in records:
@@ -91,15 +114,25 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
             continue
         if ev.event is not None and ev.event in aliases:
             ev.event = aliases[ev.event]
-        pk = person_key(ev.user_id, ev.anonymous_id, ev.identities)
-        if pk is None:  # the model guarantees one; kept as a guard
-            res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [], now_ms))
+        d = pipeline_dict(ev)
+        clean_event(d, rules.blocked_identifiers, res.dropped_identifiers)
+        pk = person_key(d.get("user_id"), d.get("anonymous_id"), d.get("identities") or {})
+        if pk is None:
+            res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [
+                {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
+            ], now_ms))
             continue
         rcv = rec.timestamp or now_ms
-        ts = int(ev.timestamp.timestamp() * 1000) if ev.timestamp is not None else rcv
+        ts = event_time(ev.timestamp, ev.sent_at, rcv)
+        flags = None
+        if ts > now_ms + max_future_ms:
+            # Not trusted: a device clock far ahead would fire timers and skew funnels. Kept, at receive time.
+            flags = ["future_timestamp"]
+            res.flagged += 1
+            ts = rcv
         target = partition_for(pk, partitions)
         res.entries.setdefault(target, []).append(
-            encode_entry(pk, ts, rcv, rec.partition, rec.offset, pipeline_dict(ev))
+            encode_entry(pk, ts, rcv, rec.partition, rec.offset, d, flags)
         )
         res.ok += 1
         wm_ts = min(ts, now_ms)

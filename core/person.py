@@ -18,7 +18,8 @@ from core.ids import action_id, oneid_for
 from rules.loader import RuleSet, TriggerRule
 
 STATE_VERSION = 1
-# messageId de-duplication: ids kept per person, and for how long (event time).
+# messageId de-duplication: ids kept per person, and for how long (event time; CDP_DEDUPE_WINDOW_S).
+# Every event of a person is routed to one partition, so this is correct with any number of workers.
 DEDUPE_MAX_IDS = 1000
 DEDUPE_WINDOW_MS = 7 * 86_400_000
 CONTACT_TYPES = ("phone", "email", "wechat_openid", "wechat_unionid", "miniapp_openid", "device_id", "crm_id")
@@ -106,7 +107,8 @@ def _event_name(e: dict[str, Any]) -> str:
     return e.get("event") or t if t == "track" else t
 
 
-def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet) -> PersonResult:
+def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
+                 dedupe_window_ms: int = DEDUPE_WINDOW_MS) -> PersonResult:
     """Fold one person's new events into their state. Out-of-order events are handled by event time."""
     res = PersonResult(state=state)
     triggers = rules.active_triggers
@@ -132,7 +134,7 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet) -> Pe
         for rule in triggers:
             if name == rule.when or name == rule.unless:
                 _trigger_on_event(state, rule, name, en, res)
-    _prune_seen(state)
+    _prune_seen(state, dedupe_window_ms)
     return res
 
 
@@ -162,10 +164,10 @@ def _trigger_on_event(state: PersonState, rule: TriggerRule, name: str, en: Entr
     state.pending[rule.id] = Pending(en.ts, en.ts + rule.wait_ms, en.event["message_id"])
 
 
-def _prune_seen(state: PersonState) -> None:
+def _prune_seen(state: PersonState, window_ms: int) -> None:
     if not state.seen:
         return
-    horizon = state.last_ts - DEDUPE_WINDOW_MS
+    horizon = state.last_ts - window_ms
     if len(state.seen) > DEDUPE_MAX_IDS or next(iter(state.seen.values())) < horizon:
         keep = sorted(((ts, m) for m, ts in state.seen.items() if ts >= horizon), reverse=True)[:DEDUPE_MAX_IDS]
         state.seen = {m: ts for ts, m in sorted(keep)}

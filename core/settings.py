@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     allowed_lateness_s: float = Field(default=5.0, ge=0)
     # How often an idle ingest tells downstream that event time has moved on (drives timers when no events come).
     heartbeat_s: float = Field(default=1.0, gt=0)
+    # messageId de-duplication window (event time), per person.
+    dedupe_window_s: float = Field(default=7 * 86_400, gt=0)
+    # Events more than this far ahead of the clock are flagged and timed at receipt instead.
+    max_future_s: float = Field(default=86_400, gt=0)
     # ClickHouse sink: flush a batch at this many rows or this age, whichever comes first.
     sink_batch_rows: int = Field(default=20000, ge=1)
     sink_batch_ms: int = Field(default=500, ge=1)

@@ -73,6 +73,8 @@ class TriggerRule(_Strict):
 class RuleFile(_Strict):
     version: int = Field(ge=1)
     aliases: dict[str, str] = Field(default_factory=dict)
+    # Identifier values never to use (test numbers, shared devices), by identifier type or "any".
+    blocked_identifiers: dict[str, list[str]] = Field(default_factory=dict)
     triggers: list[TriggerRule] = Field(default_factory=list)
 
 
@@ -98,6 +100,7 @@ class RuleLoadError(Exception):
 class RuleSet:
     aliases: dict[str, str] = field(default_factory=dict)
     triggers: tuple[TriggerRule, ...] = ()
+    blocked_identifiers: dict[str, frozenset[str]] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     # Content hash of all files: tells which rule set produced an output.
     digest: str = ""
@@ -160,6 +163,7 @@ def load_rules(directory: Path) -> RuleSet:
     files = sorted(Path(directory).glob("*.yaml"))
     errors: list[RuleError] = []
     aliases: dict[str, str] = {}
+    blocked: dict[str, set[str]] = {}
     triggers: list[TriggerRule] = []
     seen: dict[str, str] = {}
     h = hashlib.sha256()
@@ -172,6 +176,8 @@ def load_rules(directory: Path) -> RuleSet:
         if rf is None:
             continue
         aliases.update(rf.aliases)
+        for t, values in rf.blocked_identifiers.items():
+            blocked.setdefault(t, set()).update(values)
         lines = _line_index(yaml.compose(f.read_text(encoding="utf-8"), Loader=yaml.SafeLoader))
         for i, t in enumerate(rf.triggers):
             if t.id in seen:
@@ -182,4 +188,5 @@ def load_rules(directory: Path) -> RuleSet:
     if errors:
         raise RuleLoadError(errors)
     return RuleSet(aliases=aliases, triggers=tuple(triggers), files=tuple(str(f) for f in files),
-                   digest=h.hexdigest()[:16])
+                   digest=h.hexdigest()[:16],
+                   blocked_identifiers={t: frozenset(v) for t, v in blocked.items()})

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-BAD_ROW_SCHEMA_VERSION = 1
+BAD_ROW_SCHEMA_VERSION = 2  # 2: original headers kept
 
 
 class Stage(StrEnum):
@@ -29,6 +29,7 @@ class BadRow(BaseModel):
     payload: str = Field(description="the original message value, as text")
     payload_encoding: str = Field(default="utf-8", description="utf-8, or base64 when the bytes were not UTF-8")
     key: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="the original message's Kafka headers")
     source: dict[str, Any] = Field(default_factory=dict, description="topic, partition, offset it was read at")
     received_at: str
 
@@ -44,5 +45,5 @@ class BadRow(BaseModel):
             return base64.b64decode(self.payload)
         return self.payload.encode("utf-8")
 
-    def headers(self) -> list[tuple[str, bytes]]:
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
         return [("cdp-error-stage", self.stage.value.encode()), ("cdp-error-reason", self.reason.encode())]

@@ -165,7 +165,8 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
     async def send_action(channel: str, key: bytes, value: bytes) -> Any:
         return await action_topics[channel].send(key=key, value=value)
 
-    stage = PersonStage(rules, table, sink, send_action, settings.partitions, settings.person_events_topic)
+    stage = PersonStage(rules, table, sink, send_action, settings.partitions, settings.person_events_topic,
+                        int(settings.dedupe_window_s * 1000))
 
     @app.agent(person_topic, name="persons")
     async def persons(stream: faust.StreamT) -> None:

@@ -123,7 +123,7 @@ class Ingest:
         records = [m for msgs in batches.values() for m in msgs]
         self.records_in += len(records)
         metrics.events_in.inc(len(records))
-        res = ingest_records(records, self.rules, self.s.partitions, now_ms)
+        res = ingest_records(records, self.rules, self.s.partitions, now_ms, int(self.s.max_future_s * 1000))
         for part, ts in res.max_event_ts.items():
             self.max_ts[part] = max(self.max_ts.get(part, 0), ts)
         wm = await self._source_watermark(now_ms)
@@ -133,9 +133,12 @@ class Ingest:
                 futures.append(await self.producer.send(self.s.person_events_topic, env, partition=part))
         for key, row in res.bad_rows:
             futures.append(await self.producer.send(
-                self.s.dlq_topic, row.model_dump_json().encode(), key=key, headers=row.headers()))
+                self.s.dlq_topic, row.model_dump_json().encode(), key=key, headers=row.kafka_headers()))
             metrics.bad_rows.labels(row.stage.value, row.reason).inc()
         metrics.events_ok.inc(res.ok)
+        for id_type, n in res.dropped_identifiers.items():
+            metrics.identifiers_dropped.labels(id_type).inc(n)
+        metrics.future_timestamps.inc(res.flagged)
         # Read the next batch while this one's writes are acknowledged; commit strictly in order, and only
         # offsets whose every envelope and bad row the broker has acknowledged.
         self._unacked.append((futures, {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}))

@@ -19,3 +19,8 @@ collector_requests = Counter("cdp_collector_requests_total", "collector requests
                              ["endpoint", "status"], registry=REGISTRY)
 collector_events = Counter("cdp_collector_events_total", "events accepted or rejected by the collector", ["outcome"],
                            registry=REGISTRY)
+identifiers_dropped = Counter("cdp_identifiers_dropped_total",
+                              "identifiers refused as empty, placeholder, malformed or blocked (event kept)", ["type"],
+                              registry=REGISTRY)
+future_timestamps = Counter("cdp_events_future_timestamp_total", "events whose timestamp was too far ahead to trust",
+                            registry=REGISTRY)

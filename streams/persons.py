@@ -67,13 +67,14 @@ class StageStats:
 
 class PersonStage:
     def __init__(self, rules: RuleSet, store: StateStore, sink: ClickHouseSink | None, send_action: ActionSender,
-                 partitions: int, topic: str):
+                 partitions: int, topic: str, dedupe_window_ms: int = 7 * 86_400_000):
         self.rules = rules
         self.store = store
         self.sink = sink
         self.send_action = send_action
         self.partitions = partitions
         self.topic = topic
+        self.dedupe_window_ms = dedupe_window_ms
         self.watermarks = WatermarkTracker()
         self.timers = TimerQueue()
         self.stats = StageStats()
@@ -138,7 +139,7 @@ class PersonStage:
         for pk, entries in by_person.items():
             st = self._state(states, pk)
             before = st.next_deadline()
-            res = apply_events(st, entries, self.rules)
+            res = apply_events(st, entries, self.rules, self.dedupe_window_ms)
             event_lines.extend(event_row(en, st.oneid) for en in res.accepted)
             self.stats.duplicates += res.duplicates
             metrics.duplicates.inc(res.duplicates)

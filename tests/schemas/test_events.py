@@ -55,4 +55,4 @@ def test_bad_row_keeps_any_payload_recoverably(raw):
                  received_at="2026-01-01T00:00:00Z")
     again = BadRow.model_validate_json(row.model_dump_json())
     assert again.original_bytes() == raw
-    assert dict(again.headers())["cdp-error-stage"] == b"decode"
+    assert dict(again.kafka_headers())["cdp-error-stage"] == b"decode"

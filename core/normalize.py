@@ -1,0 +1,110 @@
+"""Identifier hygiene and normalisation (pure).
+
+Values such as ``null``, ``undefined``, ``0`` or an SDK's placeholder are never used as identifiers: joined on,
+they make one "mega-person" of thousands of strangers (PostHog's and others' known failure). The event is kept and
+the bad identifier dropped and counted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+# Compared lower-cased, after trimming.
+PLACEHOLDERS = frozenset({
+    "", "null", "undefined", "none", "nil", "nan", "0", "-1", "anonymous", "anonymousid", "anonymous_id",
+    "unknown", "[object object]", "true", "false", "guest", "00000000-0000-0000-0000-000000000000",
+})
+_PHONE_JUNK = re.compile(r"[\s\-().]")
+_MAINLAND = re.compile(r"^1[3-9]\d{9}$")
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+OPENID_TYPES = ("wechat_openid", "miniapp_openid")
+
+
+def clean_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    v = str(value).strip()
+    return None if v.lower() in PLACEHOLDERS else v
+
+
+def normalize_phone(value: str) -> str | None:
+    """Mainland mobiles as 11 digits (+86, 0086, spaces and dashes removed); others as E.164; else None."""
+    v = _PHONE_JUNK.sub("", value)
+    if v.startswith("00"):
+        v = "+" + v[2:]
+    if v.startswith("+86") and _MAINLAND.match(v[3:]):
+        return v[3:]
+    if v.startswith("86") and len(v) == 13 and _MAINLAND.match(v[2:]):
+        return v[2:]
+    if _MAINLAND.match(v):
+        return v
+    if _E164.match(v):
+        return v
+    return None
+
+
+def normalize_email(value: str) -> str | None:
+    v = value.strip().lower()
+    return v if _EMAIL.match(v) else None
+
+
+def normalize_identifier(id_type: str, value: Any, app_id: str | None = None) -> str | None:
+    v = clean_id(value)
+    if v is None:
+        return None
+    if id_type == "phone":
+        return normalize_phone(v)
+    if id_type == "email":
+        return normalize_email(v)
+    if id_type in OPENID_TYPES and app_id:
+        # An openid is only unique within one WeChat app: scope it, so two apps' ids never collide.
+        return v if v.startswith(f"{app_id}:") else f"{app_id}:{v}"
+    return v
+
+
+def app_id_of(ev: dict[str, Any]) -> str | None:
+    ctx = ev.get("context") or {}
+    wechat = ctx.get("wechat") if isinstance(ctx.get("wechat"), dict) else {}
+    for v in ((ev.get("identities") or {}).get("wechat_appid"), wechat.get("appid"), wechat.get("app_id")):
+        if v:
+            return str(v).strip()
+    return None
+
+
+def clean_event(ev: dict[str, Any], blocked: dict[str, frozenset[str]], dropped: Counter[str]) -> None:
+    """Normalise the identifiers of an event (a ``pipeline_dict``) in place; count what was dropped, by type."""
+    for f in ("user_id", "anonymous_id", "previous_id"):
+        if f in ev:
+            v = clean_id(ev[f])
+            if v is None or v in blocked.get(f, ()) or v in blocked.get("any", ()):
+                del ev[f]
+                dropped[f] += 1
+            else:
+                ev[f] = v
+    app_id = app_id_of(ev)
+    ids = ev.get("identities")
+    if ids:
+        out = {}
+        for t, raw in ids.items():
+            v = normalize_identifier(t, raw, app_id)
+            if v is None or v in blocked.get(t, ()) or v in blocked.get("any", ()):
+                dropped[t] += 1
+            else:
+                out[t] = v
+        if out:
+            ev["identities"] = out
+        else:
+            del ev["identities"]
+    traits = ev.get("traits")
+    if traits:
+        for t in ("phone", "email"):
+            if isinstance(traits.get(t), str):
+                v = normalize_identifier(t, traits[t])
+                if v is None:
+                    del traits[t]
+                    dropped[f"traits.{t}"] += 1
+                else:
+                    traits[t] = v
