@@ -1,3 +1,5 @@
+import json
+
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -70,3 +72,30 @@ def test_envelopes_round_trip_and_split_by_size():
     assert sum(len(d.entries) for d in decoded) == 600
     assert {d.source for d in decoded} == {"src-1"} and {d.watermark for d in decoded} == {123}
     assert decode_envelope(encode_envelopes("s", 5, [])[0]).entries == ()
+
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
+json_values = st.recursive(json_scalars, lambda c: st.one_of(st.lists(c, max_size=3),
+                                                             st.dictionaries(st.text(max_size=8), c, max_size=3)),
+                           max_leaves=8)
+event_like = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["track", "identify", "page", "screen", "alias", "group", "nope", ""]),
+    "messageId": st.one_of(st.text(max_size=120), st.integers()),
+    "event": json_values, "userId": json_values, "anonymousId": json_values, "previousId": json_values,
+    "identities": st.one_of(json_values, st.dictionaries(st.sampled_from(["phone", "email", "wechat_openid"]),
+                                                         json_scalars)),
+    "traits": json_values, "properties": json_values, "timestamp": json_values, "sentAt": json_values,
+})
+
+
+@settings(max_examples=400)
+@given(st.lists(event_like, max_size=15))
+def test_event_shaped_junk_also_ends_as_an_event_or_a_bad_row(docs):
+    # json, not orjson: it writes integers of any size (and Infinity), which apps may send too.
+    values = [json.dumps(d).encode() for d in docs]
+    res = ingest_records([rec(v, i) for i, v in enumerate(values)], RULES, 4, NOW)
+    assert res.ok + len(res.bad_rows) == len(values)
+    for part in res.entries.values():
+        for raw in part:
+            e = orjson.loads(raw)
+            assert e["pk"] and e["e"]["message_id"]
