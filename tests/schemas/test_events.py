@@ -56,3 +56,11 @@ def test_bad_row_keeps_any_payload_recoverably(raw):
     again = BadRow.model_validate_json(row.model_dump_json())
     assert again.original_bytes() == raw
     assert dict(again.kafka_headers())["cdp-error-stage"] == b"decode"
+
+
+def test_timestamps_as_iso_or_epoch_milliseconds():
+    iso = Event.model_validate({"type": "track", "messageId": "a", "event": "x", "userId": "u",
+                                "timestamp": "2025-11-20T10:00:00.000Z"})
+    epoch = Event.model_validate({"type": "track", "messageId": "b", "event": "x", "userId": "u",
+                                  "timestamp": 1763632800000})
+    assert iso.timestamp == epoch.timestamp
