@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cdp_cli.generate import generate
-from cdp_cli.ops import WorkerProcess, publish_lines, query
+from cdp_cli.ops import WorkerProcess, publish_lines, query, wait_http
 from core.settings import Settings
 from streams.kafka import client_kwargs, topic_partitions
 
@@ -134,7 +134,6 @@ def collector_rates(lines: list[bytes], tmp: Path, port: int) -> dict[str, float
     same run, the rate of producing the same events straight to Kafka with the same acks."""
     import subprocess
     import sys
-    import urllib.request
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     s = Settings(topic_prefix=prefix, web_port=port)
@@ -146,12 +145,7 @@ def collector_rates(lines: list[bytes], tmp: Path, port: int) -> dict[str, float
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_http(url + "/healthz")
         asyncio.run(_post_batches(url, lines[:1000], 100, 8))  # warm-up: connections, producer, metadata
         t0 = time.perf_counter()
         asyncio.run(_post_batches(url, lines, 100, 8))

@@ -4,6 +4,7 @@ the ClickHouse of a running worker, and running a worker in a child process."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -165,6 +166,34 @@ async def dlq_replay(s: Settings, since: datetime | None = None, reason: str | N
     finally:
         await producer.stop()
     return replayed, len(records)
+
+
+def wait_http(url: str, timeout_s: float = 30.0) -> None:
+    """Return once ``url`` answers (any status), or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer in {timeout_s}s") from None
+            time.sleep(0.2)
+
+
+def post_json(url: str, body: bytes, write_key: str | None = None, timeout_s: float = 30.0) -> int:
+    """POST a JSON body (as an app's SDK would, with the write key as basic auth); the HTTP status."""
+    headers = {"Content-Type": "application/json"}
+    if write_key is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+    req = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 # --- a running worker ------------------------------------------------------------------------------------------

@@ -67,7 +67,9 @@ def normalize_identifier(id_type: str, value: Any, app_id: str | None = None) ->
 
 def app_id_of(ev: dict[str, Any]) -> str | None:
     ctx = ev.get("context") or {}
-    wechat = ctx.get("wechat") if isinstance(ctx.get("wechat"), dict) else {}
+    wechat = ctx.get("wechat")
+    if not isinstance(wechat, dict):
+        wechat = {}
     for v in ((ev.get("identities") or {}).get("wechat_appid"), wechat.get("appid"), wechat.get("app_id")):
         if v:
             return str(v).strip()

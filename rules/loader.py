@@ -176,8 +176,8 @@ def load_rules(directory: Path) -> RuleSet:
         if rf is None:
             continue
         aliases.update(rf.aliases)
-        for t, values in rf.blocked_identifiers.items():
-            blocked.setdefault(t, set()).update(values)
+        for id_type, values in rf.blocked_identifiers.items():
+            blocked.setdefault(id_type, set()).update(values)
         lines = _line_index(yaml.compose(f.read_text(encoding="utf-8"), Loader=yaml.SafeLoader))
         for i, t in enumerate(rf.triggers):
             if t.id in seen:

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import urllib.error
-import urllib.request
-
 import orjson
 import pytest
 from segment.analytics.client import Client
 
-from cdp_cli.ops import query, wait_processed
+from cdp_cli.ops import post_json, query, wait_processed
 from core.ids import oneid_for
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.integration
-
-
-def post(url: str, body: bytes, key: str) -> int:
-    req = urllib.request.Request(url, data=body, headers={
-        "Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def test_segment_sdk_calls_reach_clickhouse_with_their_fields(deployment):
@@ -46,7 +32,7 @@ def test_segment_sdk_calls_reach_clickhouse_with_their_fields(deployment):
         queued.flush()
         queued.join()
         assert errors == []
-        assert post(w.url + "/v1/track", b'{"messageId":"x","event":"e","userId":"u"}', "wrong-key") == 401
+        assert post_json(w.url + "/v1/track", b'{"messageId":"x","event":"e","userId":"u"}', "wrong-key") == 401
         run(wait_processed(s, timeout_s=120))
         rows = [orjson.loads(line) for line in query(
             s, "SELECT message_id, oneid, type, event, name, properties FROM cdp.events ORDER BY message_id",

@@ -6,14 +6,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 
-from cdp_cli.ops import read_topic
+from cdp_cli.ops import post_json, read_topic, wait_http
 from core.settings import Settings
 from tests.integration.conftest import free_port, run
 
@@ -26,13 +24,8 @@ def broker(cmd: str, env: dict[str, str]) -> None:
 
 
 def post_event(url: str, mid: str) -> int:
-    body = orjson.dumps({"messageId": mid, "event": "Product Viewed", "userId": "u-outage"})
-    req = urllib.request.Request(url + "/v1/track", data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return post_json(url + "/v1/track", orjson.dumps({"messageId": mid, "event": "Product Viewed",
+                                                      "userId": "u-outage"}))
 
 
 def test_collector_answers_503_while_the_broker_is_down_and_loses_nothing(tmp_path):
@@ -50,12 +43,7 @@ def test_collector_answers_503_while_the_broker_is_down_and_loses_nothing(tmp_pa
                             stdout=open(tmp_path / "collector.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     accepted: list[str] = []
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_http(url + "/healthz")
         for i in range(10):
             assert post_event(url, f"before-{i}") == 200
             accepted.append(f"before-{i}")
