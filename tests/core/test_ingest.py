@@ -77,7 +77,7 @@ def test_envelopes_round_trip_and_split_by_size():
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
 json_values = st.recursive(json_scalars, lambda c: st.one_of(st.lists(c, max_size=3),
                                                              st.dictionaries(st.text(max_size=8), c, max_size=3)),
-                           max_leaves=8)
+                           max_leaves=6)
 event_like = st.fixed_dictionaries({}, optional={
     "type": st.sampled_from(["track", "identify", "page", "screen", "alias", "group", "nope", ""]),
     "messageId": st.one_of(st.text(max_size=120), st.integers()),
@@ -89,7 +89,7 @@ event_like = st.fixed_dictionaries({}, optional={
 
 
 @settings(max_examples=400)
-@given(st.lists(event_like, max_size=15))
+@given(st.lists(event_like, max_size=10))
 def test_event_shaped_junk_also_ends_as_an_event_or_a_bad_row(docs):
     # json, not orjson: it writes integers of any size (and Infinity), which apps may send too.
     values = [json.dumps(d).encode() for d in docs]
