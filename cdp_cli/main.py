@@ -40,6 +40,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from sinks.clickhouse import ClickHouseSink, migrations
+
+    s = Settings()
+    sink = ClickHouseSink(s.clickhouse_url)
+    try:
+        applied = sink.migrate()
+    finally:
+        sink.close()
+    for m in applied:
+        print(f"applied {m.version:04d}_{m.name}")
+    print(f"{s.clickhouse_url}: schema at version {migrations()[-1].version:04d}"
+          f" ({len(applied)} applied now)")
+    return 0
+
+
 def cmd_collector(args: argparse.Namespace) -> int:
     from streams.collector import run_standalone
     from streams.kafka import ensure_topics
@@ -186,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         fn=cmd_worker)
     sub.add_parser("collector", help="the HTTP collector alone (Segment-compatible /v1/*), no agents").set_defaults(
         fn=cmd_collector)
+    sub.add_parser("migrate", help="apply pending ClickHouse migrations (the worker also does at start)"
+                   ).set_defaults(fn=cmd_migrate)
     sp = sub.add_parser("send", help="publish a JSON-lines file of events to the raw topic")
     sp.add_argument("file", help="JSON lines, or - for standard input")
     sp.set_defaults(fn=cmd_send)

@@ -6,7 +6,11 @@ or ``http(s)://user:pass@host:8123/db`` (a server).
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,53 +18,44 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 DATABASE = "cdp"
+log = logging.getLogger("cdp.clickhouse")
 
-# Deduplicating inserts: a retried batch with the same token inserts nothing the second time
-# (non_replicated_deduplication_window makes that work on plain MergeTree tables).
-_TABLE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 10000"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
-DDL = [
-    f"CREATE DATABASE IF NOT EXISTS {DATABASE}",
-    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.events (
-        message_id String,
-        oneid String,
-        type LowCardinality(String),
-        event LowCardinality(String),
-        name String,
-        ts DateTime64(3, 'UTC'),
-        received_at DateTime64(3, 'UTC'),
-        properties String,
-        identities Map(String, String),
-        raw_partition UInt32,
-        raw_offset UInt64
-    ) ENGINE = ReplacingMergeTree(received_at)
-    PARTITION BY toYYYYMM(ts)
-    ORDER BY (oneid, ts, message_id)
-    {_TABLE_SETTINGS}""",
-    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.actions (
-        action_id String,
-        oneid String,
-        rule_id LowCardinality(String),
-        rule_version UInt32,
-        channel LowCardinality(String),
-        template LowCardinality(String),
-        created_at DateTime64(3, 'UTC'),
-        not_before DateTime64(3, 'UTC'),
-        expires_at DateTime64(3, 'UTC'),
-        reason String
-    ) ENGINE = ReplacingMergeTree(created_at)
-    PARTITION BY toYYYYMM(created_at)
-    ORDER BY (action_id)
-    {_TABLE_SETTINGS}""",
-]
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+    def statements(self) -> list[str]:
+        body = "\n".join(ln for ln in self.sql.splitlines() if not ln.strip().startswith("--"))
+        return [st.strip() for st in body.split(";") if st.strip()]
+
+
+def migrations() -> list[Migration]:
+    """``sinks/migrations/NNNN_name.sql``, in version order. Applied ones are never edited: add a new file."""
+    out = []
+    for f in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        version, _, name = f.stem.partition("_")
+        out.append(Migration(int(version), name, f.read_text(encoding="utf-8")))
+    return out
+
 
 EVENT_COLUMNS = ["message_id", "oneid", "type", "event", "name", "ts", "received_at", "properties", "identities",
                  "raw_partition", "raw_offset"]
 ACTION_COLUMNS = ["action_id", "oneid", "rule_id", "rule_version", "channel", "template", "created_at",
                   "not_before", "expires_at", "reason"]
+FEEDBACK_COLUMNS = ["action_id", "status", "at", "detail", "received_at"]
 
 # Inserts are synchronous, so an insert that returned is durable before offsets are committed.
-_INSERT_SETTINGS = {"async_insert": 0, "date_time_input_format": "best_effort"}
+_INSERT_SETTINGS = {"async_insert": 0, "date_time_input_format": "best_effort",
+                    "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 def chdb_path(url: str) -> Path | None:
@@ -86,20 +81,29 @@ class ClickHouseSink:
         self.client = make_client(url)
         self._lock = threading.Lock()
 
-    def migrate(self) -> None:
+    def migrate(self) -> list[Migration]:
+        """Apply the migrations not applied yet, in order; return them. Idempotent; safe to run at every start."""
+        applied_now = []
         with self._lock:
-            for stmt in DDL:
-                self.client.command(stmt)
-
-    def insert(self, table: str, rows: list[list[Any]], columns: list[str], token: str | None = None) -> int:
-        if not rows:
-            return 0
-        settings = dict(_INSERT_SETTINGS)
-        if token:
-            settings["insert_deduplication_token"] = token
-        with self._lock:
-            self.client.insert(f"{DATABASE}.{table}", rows, column_names=columns, settings=settings)
-        return len(rows)
+            self.client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+            self.client.command(
+                f"CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (version UInt32, name String, "
+                "checksum String, applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version")
+            done = dict(self.client.query(
+                f"SELECT version, checksum FROM {DATABASE}.schema_migrations FINAL").result_rows)
+            for m in migrations():
+                if m.version in done:
+                    if done[m.version] != m.checksum:
+                        log.warning("migration %04d_%s changed after it was applied; add a new one instead",
+                                    m.version, m.name)
+                    continue
+                for stmt in m.statements():
+                    self.client.command(stmt)
+                self.client.insert(f"{DATABASE}.schema_migrations",
+                                   [[m.version, m.name, m.checksum, datetime.now(UTC)]],
+                                   column_names=["version", "name", "checksum", "applied_at"])
+                applied_now.append(m)
+        return applied_now
 
     def insert_json(self, table: str, lines: list[bytes], columns: list[str], token: str | None = None) -> int:
         """Insert JSONEachRow lines: encoding is orjson's, parsing ClickHouse's (far cheaper than row objects)."""

@@ -21,10 +21,11 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
+from core.feedback import feedback_row
 from core.settings import Settings
 from rules.loader import RuleSet, load_rules
 from schemas.actions import Channel
-from sinks.clickhouse import ClickHouseSink
+from sinks.clickhouse import FEEDBACK_COLUMNS, ClickHouseSink
 from streams import metrics
 from streams.collector import Collector, mount_on_faust
 from streams.ingest import Ingest
@@ -197,6 +198,32 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
     @app.on_rebalance_complete.connect
     async def _rebalanced(sender: Any, **kwargs: Any) -> None:
         stage.on_rebalance()
+
+    feedback_topic = app.topic(settings.feedback_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                               value_serializer="raw")
+    dlq_topic = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw")
+
+    @app.agent(feedback_topic, name="feedback")
+    async def feedback(stream: faust.StreamT) -> None:
+        # Senders' reports are few next to events: batches of up to 500 or 1 s, one insert each.
+        async for events in stream.take_events(500, within=1.0):
+            lines = []
+            for ev in events:
+                out = feedback_row(ev.value, int(ev.message.timestamp * 1000))
+                if isinstance(out, bytes):
+                    lines.append(out)
+                else:
+                    out.source = {"topic": ev.message.topic, "partition": ev.message.partition,
+                                  "offset": ev.message.offset}
+                    metrics.bad_rows.labels(out.stage.value, out.reason).inc()
+                    await dlq_topic.send(key=ev.key, value=out.model_dump_json().encode(),
+                                         headers=out.kafka_headers())
+            if lines and sink is not None:
+                first = events[0].message
+                token = f"{first.topic}:{first.partition}:{first.offset}:{len(events)}"
+                await asyncio.get_running_loop().run_in_executor(
+                    None, sink.insert_json, "action_feedback", lines, FEEDBACK_COLUMNS, token)
     return stage, persons
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -73,7 +74,18 @@ def test_trigger_emits_exactly_one_action_per_person(deployment):
         run(publish_lines(s, lines))
         run(wait_processed(s, timeout_s=180))
         assert count(s, "SELECT count() FROM cdp.actions FINAL") == 4
-    msgs = run(read_topic(s, s.action_topic("sms")))
+        # The SMS sender reports back on the feedback topic; one report is garbage.
+        msgs = run(read_topic(s, s.action_topic("sms")))
+        now = datetime.now(UTC).isoformat()
+        reports = [orjson.dumps({"action_id": orjson.loads(m.value)["action_id"], "status": "delivered", "at": now})
+                   for m in msgs]
+        run(publish_lines(s, [*reports, b'{"status": "exploded"}'], topic=s.feedback_topic))
+        deadline = time.monotonic() + 60
+        while count(s, "SELECT count() FROM cdp.action_feedback") < 4 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert count(s, "SELECT count() FROM cdp.action_feedback FINAL WHERE status = 'delivered'") == 4
+        assert count(s, "SELECT count() FROM cdp.action_feedback FINAL") == 4
+        assert run(dlq_stats(s)) == {("validate", "feedback_schema"): 1}
     actions = [orjson.loads(m.value) for m in msgs]
     expected = {oneid_for(f"user_id:person-{i}") for i in range(2, 6)}
     assert len(actions) == 4 and {a["oneid"] for a in actions} == expected
