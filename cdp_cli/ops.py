@@ -208,12 +208,17 @@ def running_worker(s: Settings) -> dict[str, Any] | None:
         os.kill(int(info["pid"]), 0)
     except (ProcessLookupError, PermissionError, KeyError, ValueError):
         return None
+    info["health"] = fetch_health(info["url"])
+    return info if info["health"] is not None else None
+
+
+def fetch_health(url: str) -> dict[str, Any] | None:
+    """A worker's /healthz, or None when it does not answer."""
     try:
-        with urllib.request.urlopen(info["url"] + "/healthz", timeout=2) as r:
-            info["health"] = orjson.loads(r.read())
-    except (urllib.error.URLError, OSError):
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+            return orjson.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
         return None
-    return info
 
 
 def worker_query(info: dict[str, Any], sql: str, fmt: str) -> bytes:
@@ -256,11 +261,7 @@ class WorkerProcess:
         return f"http://{self.env.get('CDP_WEB_HOST', '127.0.0.1')}:{self.port}"
 
     def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
-                return orjson.loads(r.read())
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
+        return fetch_health(self.url)
 
     def start(self, s: Settings | None = None, timeout_s: float = 90.0) -> None:
         """Start and wait until every role it runs has its partitions."""

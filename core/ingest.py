@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from pydantic import ValidationError
 
+from core.clock import iso
 from core.envelope import encode_entry
 from core.ids import partition_for, person_key
 from core.normalize import clean_event
@@ -66,10 +67,6 @@ class IngestResult:
     flagged: int = 0
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_ms: int) -> tuple[bytes | None, BadRow]:
     payload, enc = BadRow.encode_payload(rec.value or b"")
     key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
@@ -77,7 +74,7 @@ def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_
     row = BadRow(stage=stage, reason=reason, errors=errors, payload=payload, payload_encoding=enc, key=key,
                  headers=headers,
                  source={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
-                 received_at=_iso(now_ms))
+                 received_at=iso(now_ms))
     return rec.key, row
 
 

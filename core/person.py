@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from core.clock import iso
 from core.envelope import Entry
 from core.ids import action_id, oneid_for
 from rules.loader import RuleSet, TriggerRule
@@ -23,10 +23,6 @@ STATE_VERSION = 1
 DEDUPE_MAX_IDS = 1000
 DEDUPE_WINDOW_MS = 7 * 86_400_000
 CONTACT_TYPES = ("phone", "email", "wechat_openid", "wechat_unionid", "miniapp_openid", "device_id", "crm_id")
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _mid(message_id: str) -> str:

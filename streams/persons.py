@@ -112,12 +112,6 @@ class PersonStage:
             states[pk] = st
         return st
 
-    async def handle(self, partition: int, offset: int, value: bytes) -> None:
-        """Process one envelope and carry out its effects before returning."""
-        effects = self.process(partition, offset, value)
-        if effects is not None:
-            await self.complete(effects)
-
     def process(self, partition: int, offset: int, value: bytes) -> Effects | None:
         """The core's work on one envelope (no I/O). Its effects must then go through ``complete``, in order."""
         t0 = time.perf_counter()
