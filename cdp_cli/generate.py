@@ -37,9 +37,12 @@ class ShopTraffic:
         return f"gen-{self.seed}-{self._n:09d}"
 
     def _event(self, typ: str, t: datetime, person: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        # As a collector would have archived it: sent shortly after it happened, received shortly after that.
         sent = t + timedelta(milliseconds=self.rng.randint(5, 900))
+        received = sent + timedelta(milliseconds=self.rng.randint(20, 300))
         ev: dict[str, Any] = {"type": typ, "messageId": self._mid(), "anonymousId": person["anon"],
-                              "timestamp": _iso(t), "sentAt": _iso(sent), "context": {"channel": person["channel"]}}
+                              "timestamp": _iso(t), "sentAt": _iso(sent), "receivedAt": _iso(received),
+                              "context": {"channel": person["channel"]}}
         if person["known"]:
             ev["userId"] = person["user_id"]
         ev.update(kw)

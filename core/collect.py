@@ -65,7 +65,7 @@ def _key(ev: dict[str, Any]) -> bytes | None:
     return str(k).encode() if k is not None else None
 
 
-def collect(kind: str, raw: bytes) -> CollectResult:
+def collect(kind: str, raw: bytes, received_at: str | None = None) -> CollectResult:
     """``raw`` is the request body as sent, after any Content-Encoding (gzip) was undone by the HTTP layer."""
     if kind not in KINDS:
         return CollectResult(404, error=f"unknown endpoint /v1/{kind}")
@@ -96,6 +96,9 @@ def collect(kind: str, raw: bytes) -> CollectResult:
             item = {**item, "context": {**shared_context, **(item.get("context") or {})}}
         if shared_sent_at and not item.get("sentAt"):
             item = {**item, "sentAt": shared_sent_at}
+        if received_at and not item.get("receivedAt"):
+            # Stamped at receipt, as Segment does: clock-skew correction stays right however late it is replayed.
+            item = {**item, "receivedAt": received_at}
         value = orjson.dumps(item)
         mid = item.get("messageId") or item.get("message_id")
         if len(value) > MAX_EVENT_BYTES:

@@ -80,7 +80,8 @@ def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_
 
 def event_time(timestamp: datetime | None, sent_at: datetime | None, received_ms: int) -> int:
     """Event time in ms. With ``sentAt``, the device clock's skew is removed as Segment does:
-    ``timestamp + (receivedAt - sentAt)``; without a timestamp, the receive time."""
+    ``timestamp + (receivedAt - sentAt)``; without a timestamp, the receive time. ``receivedAt`` is the event's
+    own (set by the collector that first took it) or else the Kafka record's time."""
     if timestamp is None:
         return received_ms
     ts = int(timestamp.timestamp() * 1000)
@@ -119,7 +120,7 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
                 {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
             ], now_ms))
             continue
-        rcv = rec.timestamp or now_ms
+        rcv = int(ev.received_at.timestamp() * 1000) if ev.received_at is not None else (rec.timestamp or now_ms)
         ts = event_time(ev.timestamp, ev.sent_at, rcv)
         flags = None
         if ts > now_ms + max_future_ms:

@@ -60,8 +60,11 @@ class Event(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
     timestamp: datetime | None = None
     sent_at: datetime | None = Field(default=None, validation_alias=_alias("sentAt", "sent_at"))
+    # When a collector first received it (Segment's field; our collector sets it). Replays and imports of
+    # archived events keep it, so clock-skew correction uses the original receipt, not the replay's.
+    received_at: datetime | None = Field(default=None, validation_alias=_alias("receivedAt", "received_at"))
 
-    @field_validator("timestamp", "sent_at")
+    @field_validator("timestamp", "sent_at", "received_at")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         # Naive timestamps are taken as UTC, as Segment does.
@@ -105,6 +108,8 @@ def pipeline_dict(ev: Event) -> dict[str, Any]:
         d["timestamp"] = ev.timestamp
     if ev.sent_at is not None:
         d["sent_at"] = ev.sent_at
+    if ev.received_at is not None:
+        d["received_at"] = ev.received_at
     return d
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -68,7 +69,7 @@ class Collector:
             return 401, orjson.dumps({"success": False, "error": "missing or unknown write key"}), \
                 {**cors, "WWW-Authenticate": 'Basic realm="cdp"'}
         # aiohttp has already inflated a gzip body, within the server's client_max_size.
-        res = collect(kind, body)
+        res = collect(kind, body, datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
         if res.records:
             try:
                 producer = await self._get_producer()

@@ -53,3 +53,8 @@ def test_bad_bodies_are_400_and_unknown_endpoints_404():
     assert collect("batch", b'{"batch": 5}').status == 400
     assert collect("batch", orjson.dumps({"batch": [{"type": "track"}]})).status == 400
     assert collect("purchase", b"{}").status == 404
+
+
+def test_accepted_events_are_stamped_with_their_receipt():
+    res = collect("track", orjson.dumps({"messageId": "m1", "event": "x", "userId": "u"}), "2026-11-23T10:00:00Z")
+    assert orjson.loads(res.records[0][1])["receivedAt"] == "2026-11-23T10:00:00Z"

@@ -70,3 +70,14 @@ def test_far_future_events_are_flagged_and_timed_at_receipt():
     e = orjson.loads(res.entries[0][0])
     assert e["flags"] == ["future_timestamp"] and e["ts"] == NOW and res.flagged == 1
     assert e["e"]["timestamp"].startswith("2099")  # what the app said is kept
+
+
+def test_a_replayed_archive_keeps_its_event_times():
+    """Skew correction uses the event's own receivedAt: replaying last week's events does not move them to now."""
+    raw = orjson.dumps({"type": "track", "messageId": "m1", "event": "x", "userId": "u",
+                        "timestamp": "2026-01-01T10:00:00.000Z", "sentAt": "2026-01-01T10:00:02.000Z",
+                        "receivedAt": "2026-01-01T10:00:01.000Z"})  # the device clock was 1 s ahead
+    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
+    e = orjson.loads(res.entries[0][0])
+    assert e["ts"] == int(datetime(2026, 1, 1, 9, 59, 59, tzinfo=UTC).timestamp() * 1000)
+    assert e["rcv"] == int(datetime(2026, 1, 1, 10, 0, 1, tzinfo=UTC).timestamp() * 1000)
