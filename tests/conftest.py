@@ -5,3 +5,16 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile("cdp", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("cdp")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def chdb_sink(tmp_path_factory):
+    """The embedded ClickHouse of the test process: chDB allows one engine path per process, so one for all."""
+    from sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(f"chdb://{tmp_path_factory.mktemp('ch') / 'db'}")
+    yield sink
+    sink.close()
