@@ -54,3 +54,43 @@ def format_funnel(rows: list[tuple[str, int, float | None, float | None]]) -> st
         fs = "" if f is None else f"{f:7.1f}%"
         out.append(f"{step:<{w}}  {n:>8}  {ps:>8}  {fs:>8}")
     return "\n".join(out)
+
+
+_PERIODS = {"day": (1, "toStartOfDay"), "week": (7, "toMonday")}
+
+
+def retention_sql(period: str = "week", periods: int = 8, event: str | None = None,
+                  where: str | None = None) -> str:
+    """Persons by first-seen cohort (day, or week from Monday; UTC) and period since: rows (cohort, k, persons),
+    where k = -1 is the cohort's size and k >= 0 counts its persons active k periods after their cohort began.
+
+    Active = any event, or only ``event`` when given; ``where`` (SQL) narrows every event considered."""
+    if period not in _PERIODS:
+        raise ValueError("period is day or week")
+    days, start = _PERIODS[period]
+    scope = f"({where})" if where else "1"
+    active = f"{scope} AND e.event = {quote(event)}" if event else scope
+    return (
+        f"WITH f AS (SELECT oneid, {start}(min(ts)) AS cohort FROM cdp.events FINAL WHERE {scope} GROUP BY oneid)"
+        f" SELECT cohort, k, uniqExact(oneid) AS persons FROM ("
+        f" SELECT f.oneid AS oneid, f.cohort AS cohort,"
+        f" intDiv(dateDiff('day', f.cohort, {start}(e.ts)), {days}) AS k"
+        f" FROM cdp.events AS e FINAL INNER JOIN f ON e.oneid = f.oneid WHERE {active}"
+        f" UNION ALL SELECT oneid, cohort, -1 AS k FROM f"
+        f") WHERE k BETWEEN -1 AND {int(periods)} GROUP BY cohort, k ORDER BY cohort, k"
+    )
+
+
+def format_retention(rows: list[tuple[str, int, int]], periods: int) -> str:
+    """A cohort table: size, then % of the cohort active in each period."""
+    cohorts: dict[str, dict[int, int]] = {}
+    for cohort, k, n in rows:
+        cohorts.setdefault(str(cohort)[:10], {})[int(k)] = int(n)
+    head = f"{'cohort':<10}  {'persons':>7}  " + "  ".join(f"{'+' + str(k):>6}" for k in range(periods + 1))
+    out = [head]
+    for cohort, ks in cohorts.items():
+        size = ks.get(-1, 0)
+        cells = "  ".join(f"{100.0 * ks[k] / size:5.1f}%" if size and k in ks else f"{'':>6}"
+                          for k in range(periods + 1))
+        out.append(f"{cohort:<10}  {size:>7}  {cells}")
+    return "\n".join(out)

@@ -147,6 +147,19 @@ def cmd_funnel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    from cdp_cli.analytics import format_retention, retention_sql
+    from cdp_cli.ops import query
+
+    out = query(Settings(), retention_sql(args.period, args.periods, args.event), "JSONEachRow")
+    rows = [(r["cohort"], int(r["k"]), int(r["persons"])) for r in map(orjson.loads, out.splitlines()) if r]
+    if args.json:
+        print(orjson.dumps([{"cohort": c, "k": k, "persons": n} for c, k, n in rows]).decode())
+    else:
+        print(format_retention(rows, args.periods))
+    return 0
+
+
 def cmd_rules_check(args: argparse.Namespace) -> int:
     from rules.loader import RuleLoadError, load_rules
 
@@ -228,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_funnel)
+    sp = sub.add_parser("retention", help="retention by first-seen cohort")
+    sp.add_argument("--period", choices=["day", "week"], default="week")
+    sp.add_argument("--periods", type=int, default=8)
+    sp.add_argument("--event", help="count as active only this event (default: any event)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_retention)
     sp = sub.add_parser("rules", help="rule files")
     rsub = sp.add_subparsers(dest="rules_command", required=True)
     rp = rsub.add_parser("check", help="validate rule files; errors name file, line and field")
