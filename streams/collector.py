@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from core.clock import iso
 from core.collect import KINDS, MAX_REQUEST_BYTES, authorized, collect
 from core.settings import Settings
 from streams import metrics
@@ -69,14 +70,16 @@ class Collector:
             return 401, orjson.dumps({"success": False, "error": "missing or unknown write key"}), \
                 {**cors, "WWW-Authenticate": 'Basic realm="cdp"'}
         # aiohttp has already inflated a gzip body, within the server's client_max_size.
-        res = collect(kind, body, datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        res = collect(kind, body, iso(int(time.time() * 1000)))
         if res.records:
             try:
                 producer = await self._get_producer()
                 futs = [await producer.send(self.s.raw_topic, value, key=key) for key, value in res.records]
                 await asyncio.wait_for(asyncio.gather(*futs), self.s.collector_ack_timeout_s)
-            except (TimeoutError, KafkaError, OSError) as exc:
+            except Exception as exc:  # whatever failed, the events are not stored: the client must retry
                 log.warning("collector: broker did not acknowledge, answering 503: %r", exc)
+                if not isinstance(exc, TimeoutError | KafkaError | OSError):
+                    await self.stop()  # an unexpected producer state: start a fresh one for the next request
                 metrics.collector_requests.labels(kind, "503").inc()
                 return 503, orjson.dumps({"success": False, "error": "event store unavailable, retry"}), \
                     {**cors, "Retry-After": "1"}
