@@ -64,7 +64,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         asyncio.run(ensure_topics(s))
-    except Exception as exc:
+    except Exception as exc:  # the collector answers 503 until the broker is back
         logging.warning("could not check topics (%r); serving anyway", exc)
     try:
         asyncio.run(run_standalone(s))
@@ -122,7 +122,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
            "vertical": "Vertical"}[args.format]
     try:
         out = query(Settings(), args.query, fmt)
-    except Exception as exc:
+    except Exception as exc:  # a failed query is reported, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     sys.stdout.buffer.write(out)

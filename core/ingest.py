@@ -107,7 +107,7 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
             else:
                 res.bad_rows.append(_bad(rec, Stage.validate, "schema", errs, now_ms))
             continue
-        except Exception as exc:
+        except Exception as exc:  # one bad event never stops a partition
             res.bad_rows.append(_bad(rec, Stage.validate, "unexpected", [{"field": "$", "error": repr(exc)}], now_ms))
             continue
         if ev.event is not None and ev.event in aliases:

@@ -120,7 +120,7 @@ class PersonStage:
         now_ms = int(time.time() * 1000)
         try:
             env = decode_envelope(value)
-        except Exception as exc:
+        except Exception as exc:  # a bad envelope is skipped and counted, never a crash
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
             metrics.bad_rows.labels("process", "bad_envelope").inc()
             return None
@@ -197,7 +197,7 @@ class PersonStage:
             try:
                 await loop.run_in_executor(self._sink_thread, self._insert, token, event_lines, action_lines)
                 return
-            except Exception as exc:
+            except Exception as exc:  # any failure: retry with the same token
                 log.warning("ClickHouse insert failed, retrying in %.1fs: %r", delay, exc)
                 metrics.dropped.labels("sink_retry").inc()
                 await asyncio.sleep(delay)
