@@ -41,10 +41,6 @@ def action_id(rule_id: str, oneid: str, window_start_ms: int) -> str:
     return "act_" + hashlib.sha256(f"{rule_id}|{oneid}|{window_start_ms}".encode()).hexdigest()[:32]
 
 
-def identifier_hash(salt: str, identifier_type: str, normalized_value: str) -> str:
-    return hashlib.sha256(f"{salt}{identifier_type}:{normalized_value}".encode()).hexdigest()
-
-
 def mask(identifier_type: str, value: str) -> str:
     """Masked form that may reach ClickHouse: ``138****8000``, ``a***@example.com``, ``ab***yz`` otherwise."""
     if not value:

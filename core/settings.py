@@ -33,9 +33,6 @@ class Settings(BaseSettings):
     dedupe_window_s: float = Field(default=7 * 86_400, gt=0)
     # Events more than this far ahead of the clock are flagged and timed at receipt instead.
     max_future_s: float = Field(default=86_400, gt=0)
-    # ClickHouse sink: flush a batch at this many rows or this age, whichever comes first.
-    sink_batch_rows: int = Field(default=20000, ge=1)
-    sink_batch_ms: int = Field(default=500, ge=1)
     # Ingest: most raw records handled per batch.
     ingest_batch: int = Field(default=5000, ge=1)
     # Kafka security, passed through to every client.
