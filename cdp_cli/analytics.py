@@ -11,23 +11,80 @@ def quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def funnel_sql(steps: list[str], window: str, since: datetime | None = None, until: datetime | None = None) -> str:
-    """Persons (by OneID) reaching each step in order within the window (ClickHouse ``windowFunnel``)."""
-    if len(steps) < 2:
-        raise ValueError("a funnel needs at least two steps")
-    window_s = max(1, parse_duration_ms(window) // 1000)
-    conds = ", ".join(f"event = {quote(s)}" for s in steps)
-    where = [f"event IN ({', '.join(quote(s) for s in dict.fromkeys(steps))})"]
+def events_source(merge_aware: bool = True) -> str:
+    """The FROM-source for analyst queries over events: ``FROM {events_source()} AS e`` (the alias is optional).
+
+    Merge-aware (default): the view ``cdp.events_resolved``, where ``oneid`` is the person's current surviving
+    OneID after identity merges and splits. Otherwise raw OneIDs from ``cdp.events FINAL``. Both have every column
+    of cdp.events plus ``oneid_original`` (the OneID the event was sunk with)."""
+    if merge_aware:
+        return "cdp.events_resolved"
+    # A subquery, not "cdp.events FINAL", so that callers can alias it like the view.
+    return "(SELECT *, oneid AS oneid_original FROM cdp.events FINAL)"
+
+
+FUNNEL_MODES = ("strict_order", "strict_deduplication", "strict_increase")
+
+
+def _time_range(since: datetime | None, until: datetime | None) -> list[str]:
+    where = []
     if since:
         where.append(f"ts >= toDateTime64({quote(since.isoformat(sep=' ', timespec='seconds'))}, 3, 'UTC')")
     if until:
         where.append(f"ts < toDateTime64({quote(until.isoformat(sep=' ', timespec='seconds'))}, 3, 'UTC')")
-    # windowFunnel rejects DateTime64: pass whole seconds. FINAL collapses rows a retried insert duplicated.
+    return where
+
+
+def property_sql(name: str) -> str:
+    """A property of the event's ``properties`` JSON as text: strings unquoted, numbers and booleans as written,
+    '' where absent."""
+    key = quote(name)
+    return (f"if(JSONType(properties, {key}) = 'String', JSONExtractString(properties, {key}),"
+            f" JSONExtractRaw(properties, {key}))")
+
+
+def funnel_sql(steps: list[str], window: str, since: datetime | None = None, until: datetime | None = None,
+               mode: str | list[str] | tuple[str, ...] | None = None, breakdown: str | None = None,
+               merge_aware: bool = True, where: str | None = None) -> str:
+    """Persons (by OneID) reaching each step in order within the window (ClickHouse ``windowFunnel``).
+
+    Rows are ``(level, persons)``: persons whose furthest step is ``level`` (0: never did the first step); with
+    ``breakdown``, ``(value, level, persons)`` for level >= 1, where value is that property of the person's
+    earliest first-step event in the range (each person counts once, under one value, so the rows add up to the
+    funnel without breakdown). ``mode``: windowFunnel's strict modes, any of FUNNEL_MODES (default: none).
+    ``merge_aware``: count persons after identity merges (see events_source). ``where`` (SQL) narrows the events.
+    """
+    if len(steps) < 2:
+        raise ValueError("a funnel needs at least two steps")
+    modes = [mode] if isinstance(mode, str) else list(mode or [])
+    modes = [m for m in dict.fromkeys(modes) if m != "default"]
+    bad = [m for m in modes if m not in FUNNEL_MODES]
+    if bad:
+        raise ValueError(f"unknown funnel mode {bad[0]!r}; choose from default, {', '.join(FUNNEL_MODES)}")
+    window_s = max(1, parse_duration_ms(window) // 1000)
+    params = ", ".join([str(window_s), *(quote(m) for m in modes)])
+    conds = ", ".join(f"event = {quote(s)}" for s in steps)
+    scope = _time_range(since, until)
+    if where:
+        scope.append(f"({where})")
+    # strict_order stops a person's chain at any event that is not the next step, so it must see all their events;
+    # the other modes only need the steps' events.
+    if "strict_order" not in modes:
+        scope.append(f"event IN ({', '.join(quote(s) for s in dict.fromkeys(steps))})")
+    where_sql = f" WHERE {' AND '.join(scope)}" if scope else ""
+    # windowFunnel rejects DateTime64: pass whole seconds. Both sources collapse retried inserts (FINAL).
+    per_person = f"windowFunnel({params})(toDateTime(ts), {conds}) AS level"
+    if breakdown is None:
+        return (
+            f"SELECT level, count() AS persons FROM ("
+            f" SELECT oneid, {per_person} FROM {events_source(merge_aware)}{where_sql} GROUP BY oneid"
+            f") GROUP BY level ORDER BY level"
+        )
+    value = f"argMinIf({property_sql(breakdown)}, ts, event = {quote(steps[0])}) AS value"
     return (
-        f"SELECT level, count() AS persons FROM ("
-        f" SELECT oneid, windowFunnel({window_s})(toDateTime(ts), {conds}) AS level"
-        f" FROM cdp.events FINAL WHERE {' AND '.join(where)} GROUP BY oneid"
-        f") GROUP BY level ORDER BY level"
+        f"SELECT value, level, count() AS persons FROM ("
+        f" SELECT oneid, {per_person}, {value} FROM {events_source(merge_aware)}{where_sql} GROUP BY oneid"
+        f") WHERE level > 0 GROUP BY value, level ORDER BY value, level"
     )
 
 
@@ -56,26 +113,45 @@ def format_funnel(rows: list[tuple[str, int, float | None, float | None]]) -> st
     return "\n".join(out)
 
 
+def funnel_breakdown(steps: list[str], rows: list[tuple[str, int, int]]
+                     ) -> dict[str, list[tuple[str, int, float | None, float | None]]]:
+    """funnel_table per breakdown value from ``(value, level, persons)`` rows; '' (no such property) is shown as
+    '(none)'. Values in order of persons at the first step, most first."""
+    by_value: dict[str, dict[int, int]] = {}
+    for value, level, n in rows:
+        by_value.setdefault(str(value) or "(none)", {})[int(level)] = int(n)
+    tables = {v: funnel_table(steps, levels) for v, levels in by_value.items()}
+    return dict(sorted(tables.items(), key=lambda kv: (-kv[1][0][1], kv[0])))
+
+
+def format_funnel_breakdown(prop: str, tables: dict[str, list[tuple[str, int, float | None, float | None]]]
+                            ) -> str:
+    return "\n\n".join(f"{prop} = {value}\n{format_funnel(rows)}" for value, rows in tables.items())
+
+
 _PERIODS = {"day": (1, "toStartOfDay"), "week": (7, "toMonday")}
 
 
 def retention_sql(period: str = "week", periods: int = 8, event: str | None = None,
-                  where: str | None = None) -> str:
+                  where: str | None = None, merge_aware: bool = True) -> str:
     """Persons by first-seen cohort (day, or week from Monday; UTC) and period since: rows (cohort, k, persons),
     where k = -1 is the cohort's size and k >= 0 counts its persons active k periods after their cohort began.
 
-    Active = any event, or only ``event`` when given; ``where`` (SQL) narrows every event considered."""
+    Active = any event, or only ``event`` when given; ``where`` (SQL) narrows every event considered. Persons are
+    counted after identity merges unless ``merge_aware`` is false (a merged person's cohort is the first event of
+    any of their OneIDs)."""
     if period not in _PERIODS:
         raise ValueError("period is day or week")
     days, start = _PERIODS[period]
     scope = f"({where})" if where else "1"
     active = f"{scope} AND e.event = {quote(event)}" if event else scope
+    source = events_source(merge_aware)
     return (
-        f"WITH f AS (SELECT oneid, {start}(min(ts)) AS cohort FROM cdp.events FINAL WHERE {scope} GROUP BY oneid)"
+        f"WITH f AS (SELECT oneid, {start}(min(ts)) AS cohort FROM {source} WHERE {scope} GROUP BY oneid)"
         f" SELECT cohort, k, uniqExact(oneid) AS persons FROM ("
         f" SELECT f.oneid AS oneid, f.cohort AS cohort,"
         f" intDiv(dateDiff('day', f.cohort, {start}(e.ts)), {days}) AS k"
-        f" FROM cdp.events AS e FINAL INNER JOIN f ON e.oneid = f.oneid WHERE {active}"
+        f" FROM {source} AS e INNER JOIN f ON e.oneid = f.oneid WHERE {active}"
         f" UNION ALL SELECT oneid, cohort, -1 AS k FROM f"
         f") WHERE k BETWEEN -1 AND {int(periods)} GROUP BY cohort, k ORDER BY cohort, k"
     )

@@ -1,4 +1,5 @@
-"""`cdp retention`'s SQL on real ClickHouse equals a brute-force count over the same generated events."""
+"""`cdp retention`'s SQL on real ClickHouse equals a brute-force count over the same generated events, by raw
+OneID and after identity merges (a merged person's cohort is the earliest first event of its OneIDs)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row
 from sinks.clickhouse import EVENT_COLUMNS
+from tests.cdp_cli.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan, resolver
 from tests.core.helpers import RULES
 
 NOW = 1_790_000_000_000
@@ -57,12 +59,46 @@ def loaded(chdb_sink):
     return [(oneid_for(en.pk), en.event.get("event") or en.event["type"], en.ts) for en in entries]
 
 
-@pytest.mark.parametrize("period, periods, event", [("week", 3, None), ("day", 10, None), ("day", 7, "order_paid")])
+CASES = [("week", 3, None), ("day", 10, None), ("day", 7, "order_paid")]
+
+
+def cohorts(chdb_sink, period: str, periods: int, event: str | None, merge_aware: bool) -> dict:
+    return {(str(c)[:10], int(k)): int(n)
+            for c, k, n in chdb_sink.rows(retention_sql(period, periods, event, where=SCOPE,
+                                                        merge_aware=merge_aware))}
+
+
+@pytest.mark.parametrize("period, periods, event", CASES)
 def test_retention_equals_brute_force(chdb_sink, loaded, period, periods, event):
-    got = {(str(c)[:10], int(k)): int(n)
-           for c, k, n in chdb_sink.rows(retention_sql(period, periods, event, where=SCOPE))}
+    got = cohorts(chdb_sink, period, periods, event, merge_aware=False)
     want = brute_force(loaded, period, periods, event)
     assert got == want
     assert any(k > 0 for _, k in got)  # people do come back in this traffic
     table = format_retention(sorted((c, k, n) for (c, k), n in got.items()), periods)
     assert table.splitlines()[0].startswith("cohort")
+
+
+@pytest.fixture(scope="module")
+def merged(chdb_sink, loaded):
+    """Merge some of the module's persons (chains, splits, plain pairs), noting merge-aware cohorts before."""
+    before = {case: cohorts(chdb_sink, *case, merge_aware=True) for case in CASES}
+    # persons of different first days, so that merging moves some of them to an earlier cohort
+    first: dict[str, int] = {}
+    for oneid, _, ts in loaded:
+        first[oneid] = min(first.get(oneid, ts), ts)
+    by_first = sorted(first, key=lambda o: first[o])
+    plan = merge_plan(by_first[::-2], pairs=60)
+    chdb_sink.insert_json("identity_merges", merge_lines(plan), MERGE_COLUMNS, token="retention-test-merges")
+    resolve = resolver(plan)
+    return {"before": before, "rows": [(resolve.get(o, o), ev, ts) for o, ev, ts in loaded]}
+
+
+@pytest.mark.parametrize("period, periods, event", CASES)
+def test_retention_after_merges_equals_brute_force(chdb_sink, loaded, merged, period, periods, event):
+    before = merged["before"][(period, periods, event)]
+    assert before == brute_force(loaded, period, periods, event)  # no merges yet: as by raw OneID
+    after = cohorts(chdb_sink, period, periods, event, merge_aware=True)
+    assert after == brute_force(merged["rows"], period, periods, event)
+    assert after != before
+    assert sum(n for (_, k), n in after.items() if k == -1) < sum(n for (_, k), n in before.items() if k == -1)
+    assert cohorts(chdb_sink, period, periods, event, merge_aware=False) == before  # --no-merge: raw OneIDs
