@@ -34,6 +34,9 @@ class Envelope:
     source: str  # which ingest instance sent it (watermarks are tracked per source)
     watermark: int  # event time (ms) before which this source will send nothing more
     entries: tuple[Entry, ...]
+    # The sender had caught up with its input (or this is a heartbeat): the receiver should not hold these
+    # events back to batch them with later ones (core.batching). Envelopes without the field flush.
+    flush: bool = True
 
 
 def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
@@ -46,20 +49,23 @@ def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int
     return orjson.dumps(d)
 
 
-def encode_envelopes(source: str, watermark: int, entries: list[bytes]) -> list[bytes]:
-    """Pack encoded entries into as few envelopes as fit the size limit (an empty list gives one heartbeat)."""
-    head = orjson.dumps({"v": ENVELOPE_VERSION, "src": source, "wm": watermark})[:-1] + b',"events":['
+def encode_envelopes(source: str, watermark: int, entries: list[bytes], flush: bool = True) -> list[bytes]:
+    """Pack encoded entries into as few envelopes as fit the size limit (an empty list gives one heartbeat).
+    Only the last envelope carries ``flush``: the ones before it are followed at once by the rest."""
+    head = orjson.dumps({"v": ENVELOPE_VERSION, "src": source, "wm": watermark})[:-1]
+    held, last = head + b',"fl":false,"events":[', head + (b',"fl":true,"events":[' if flush
+                                                         else b',"fl":false,"events":[')
     out: list[bytes] = []
     chunk: list[bytes] = []
-    size = len(head)
+    size = len(held)
     for e in entries:
         if chunk and size + len(e) + 1 > MAX_ENVELOPE_BYTES:
-            out.append(head + b",".join(chunk) + b"]}")
-            chunk, size = [], len(head)
+            out.append(held + b",".join(chunk) + b"]}")
+            chunk, size = [], len(held)
         chunk.append(e)
         size += len(e) + 1
     if chunk or not out:
-        out.append(head + b",".join(chunk) + b"]}")
+        out.append(last + b",".join(chunk) + b"]}")
     return out
 
 
@@ -72,4 +78,5 @@ def decode_envelope(raw: bytes) -> Envelope:
         watermark=int(d["wm"]),
         entries=tuple(Entry(e["pk"], e["ts"], e["rcv"], tuple(e["src"]), e["e"], tuple(e.get("flags", ())))
                       for e in d["events"]),
+        flush=d.get("fl", True),
     )

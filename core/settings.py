@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     max_future_s: float = Field(default=86_400, gt=0)
     # Ingest: most raw records handled per batch.
     ingest_batch: int = Field(default=5000, ge=1)
+    # ClickHouse batches (core.batching): a partition's envelopes go into one insert until it holds this many
+    # events or this many envelopes, or until the ingest that sent them has caught up with its input (then at once).
+    sink_batch_rows: int = Field(default=20_000, ge=1)
+    sink_batch_envelopes: int = Field(default=50, ge=1)
     # Kafka security, passed through to every client.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None

@@ -33,7 +33,7 @@ from streams.persons import PersonStage
 
 log = logging.getLogger("cdp.app")
 
-# Envelopes processed ahead of their effects (bounded, so memory and redelivery after a crash stay small).
+# Sink batches processed ahead of their effects (bounded, so memory and redelivery after a crash stay small).
 PIPELINE_DEPTH = 4
 
 
@@ -167,29 +167,37 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
         return await action_topics[channel].send(key=key, value=value)
 
     stage = PersonStage(rules, table, sink, send_action, settings.partitions, settings.person_events_topic,
-                        int(settings.dedupe_window_s * 1000))
+                        int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes)
 
     @app.agent(person_topic, name="persons")
     async def persons(stream: faust.StreamT) -> None:
-        # Pipelined: while one envelope's effects (ClickHouse insert, actions, state writes) are carried out, the
-        # next envelopes are already processed. Effects run strictly in order and an envelope is acked (its offset
-        # becomes committable) only after its effects are done; a bounded queue holds the two steps together.
+        # Pipelined: while one sink batch's effects (ClickHouse insert, actions, state writes) are carried out,
+        # the next envelopes are already processed. Effects run strictly in order and an envelope is acked (its
+        # offset becomes committable) only after its batch's effects are done; a bounded queue holds the two
+        # steps together.
         manual = stream.noack()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
 
         async def carry_out() -> None:
             while True:
-                fx, ctx, event = await queue.get()
-                if fx is not None:
-                    await stage.complete(fx, ctx)
-                await manual.ack(event)
+                fx, ctx, events = await queue.get()
+                await stage.complete(fx, ctx)
+                for event in events:
+                    await manual.ack(event)
                 queue.task_done()
 
         effects_task = asyncio.ensure_future(carry_out())
         try:
             async for event in manual.events():
-                fx = stage.process(event.message.partition, event.message.offset, event.value)
-                await queue.put((fx, contextvars.copy_context(), event))
+                partition, offset = event.message.partition, event.message.offset
+                if stage.rewound(partition, offset):
+                    # Read again from its last commit (a batch boundary): finish what is queued, then start the
+                    # partition afresh so its batches and person states are formed exactly as the first time.
+                    await queue.join()
+                    stage.reset_partition(partition)
+                done = stage.take(partition, offset, event.value, event)
+                if done is not None:
+                    await queue.put((done[0], contextvars.copy_context(), done[1]))
                 if effects_task.done():
                     effects_task.result()  # an effect failed for good: crash the agent rather than go on
         finally:
@@ -197,7 +205,8 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
 
     @app.on_rebalance_complete.connect
     async def _rebalanced(sender: Any, **kwargs: Any) -> None:
-        stage.on_rebalance()
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == person_topic.get_topic_name()}
+        stage.on_rebalance(assigned)
 
     feedback_topic = app.topic(settings.feedback_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                                value_serializer="raw")

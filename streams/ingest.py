@@ -127,9 +127,12 @@ class Ingest:
         for part, ts in res.max_event_ts.items():
             self.max_ts[part] = max(self.max_ts.get(part, 0), ts)
         wm = await self._source_watermark(now_ms)
+        # A batch short of the most it may hold means this instance has caught up: downstream need not hold
+        # these events back to insert them with later ones (core.batching).
+        caught_up = len(records) < self.s.ingest_batch
         futures = []
         for part, entries in res.entries.items():
-            for env in encode_envelopes(self.source, wm, entries):
+            for env in encode_envelopes(self.source, wm, entries, flush=caught_up):
                 futures.append(await self.producer.send(self.s.person_events_topic, env, partition=part))
         for key, row in res.bad_rows:
             futures.append(await self.producer.send(

@@ -1,10 +1,11 @@
 """Person stage adapter: envelopes from the person-partitioned topic -> core -> ClickHouse, state, action topics.
 
-Order of effects per envelope, for at-least-once without loss: (1) events and actions into ClickHouse
-(deduplicating insert token = topic/partition/offset), (2) actions to their topics (acknowledged), (3) person
-state into the table. Faust commits the envelope's offset only after this returns. A crash anywhere replays the
-envelope; state that was already written makes the replay drop the duplicates, and action ids make a re-sent
-action the same action.
+A partition's consecutive envelopes form sink batches (core.batching: cut where the envelopes alone say, so a
+replay forms the same batches). Order of effects per batch, for at-least-once without loss: (1) events and
+actions into ClickHouse (deduplicating insert token = topic/partition/offset range), (2) actions to their topics
+(acknowledged), (3) person state into the table. Faust commits the envelopes' offsets only after this returns. A
+crash anywhere replays the batch; ClickHouse skips an insert whose token it has seen, state that was already
+written makes the replay drop the duplicates, and action ids make a re-sent action the same action.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from core.batching import BatchCutter, SinkBatch
 from core.envelope import Entry, decode_envelope
 from core.ids import partition_for
 from core.person import PersonState, apply_events, fire_due
@@ -44,15 +46,37 @@ ActionSender = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 @dataclass(slots=True)
 class Effects:
-    """What one envelope must do outside the process, computed up front so the next envelope can be processed
-    while these are carried out."""
+    """What one envelope (or a batch of them) must do outside the process, computed up front so the next
+    envelopes can be processed while these are carried out."""
 
     seq: int
-    token: str  # ClickHouse insert deduplication token: topic:partition:offset
+    token: str  # ClickHouse insert deduplication token: topic:partition:offset range
     event_lines: list[bytes]
     actions: list[tuple[str, str, dict[str, Any]]]
     states: dict[str, bytes]
     cpu_s: float
+    entries: int = 0  # events the envelope carried (duplicates included)
+    watermark: int = 0
+    flush: bool = True
+    envelopes: int = 1
+
+
+def merge_effects(batch: SinkBatch, topic: str) -> Effects:
+    """One batch's effects: every envelope's rows and actions in order; each person's latest state."""
+    parts: list[Effects] = [fx for fx, _ in batch.items]
+    if len(parts) == 1:
+        fx = parts[0]
+        fx.token = batch.token(topic)
+        return fx
+    lines: list[bytes] = []
+    actions: list[tuple[str, str, dict[str, Any]]] = []
+    states: dict[str, bytes] = {}
+    for fx in parts:
+        lines.extend(fx.event_lines)
+        actions.extend(fx.actions)
+        states.update(fx.states)
+    return Effects(parts[-1].seq, batch.token(topic), lines, actions, states, sum(fx.cpu_s for fx in parts),
+                   batch.entries, parts[-1].watermark, parts[-1].flush, len(parts))
 
 
 @dataclass
@@ -67,7 +91,8 @@ class StageStats:
 
 class PersonStage:
     def __init__(self, rules: RuleSet, store: StateStore, sink: ClickHouseSink | None, send_action: ActionSender,
-                 partitions: int, topic: str, dedupe_window_ms: int = 7 * 86_400_000):
+                 partitions: int, topic: str, dedupe_window_ms: int = 7 * 86_400_000,
+                 batch_rows: int = 20_000, batch_envelopes: int = 50):
         self.rules = rules
         self.store = store
         self.sink = sink
@@ -82,12 +107,42 @@ class PersonStage:
         # Person states computed by envelopes whose effects are not written yet: pk -> (envelope seq, state).
         self._inflight: dict[str, tuple[int, PersonState]] = {}
         self._seq = 0
+        self.batches = BatchCutter(batch_rows, batch_envelopes)
+        self._last_offset: dict[int, int] = {}  # partition -> last envelope offset processed
         # The embedded ClickHouse call blocks; it runs on one thread so the event loop keeps Kafka heartbeats going.
         self._sink_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdp-sink")
 
-    def on_rebalance(self) -> None:
-        """Partitions moved: rebuild the timer queue from the state of the partitions now held."""
+    def on_rebalance(self, assigned: set[int] | None = None) -> None:
+        """Partitions moved: rebuild the timer queue from the state of the partitions now held, and forget the
+        open batches of partitions no longer held (their envelopes were not acknowledged: the new owner reads
+        them again, from the same batch boundary)."""
         self._timers_loaded = False
+        if assigned is not None:
+            for p in [p for p in self.batches.open if p not in assigned]:
+                self.reset_partition(p)
+
+    def rewound(self, partition: int, offset: int) -> bool:
+        """An envelope at or before one already processed: the partition is being read again from its commit."""
+        last = self._last_offset.get(partition)
+        return last is not None and offset <= last
+
+    def reset_partition(self, partition: int) -> None:
+        """Forget what was processed of a partition but not carried out: its open batch and the person states it
+        computed. Call only when no batch of the partition is waiting to be carried out."""
+        self.batches.discard(partition)
+        self._last_offset.pop(partition, None)
+        for pk in [pk for pk in self._inflight if partition_for(pk, self.partitions) == partition]:
+            del self._inflight[pk]
+
+    def take(self, partition: int, offset: int, value: bytes, handle: Any) -> tuple[Effects, list[Any]] | None:
+        """Process one envelope; when it closes its partition's sink batch, the batch's effects and the handles
+        of its envelopes (to acknowledge once the effects are carried out)."""
+        fx = self.process(partition, offset, value)
+        self._last_offset[partition] = offset
+        batch = self.batches.add(partition, offset, fx.entries, fx.flush, (fx, handle))
+        if batch is None:
+            return None
+        return merge_effects(batch, self.topic), [h for _, h in batch.items]
 
     def _load_timers(self) -> None:
         self.timers.clear()
@@ -112,7 +167,7 @@ class PersonStage:
             states[pk] = st
         return st
 
-    def process(self, partition: int, offset: int, value: bytes) -> Effects | None:
+    def process(self, partition: int, offset: int, value: bytes) -> Effects:
         """The core's work on one envelope (no I/O). Its effects must then go through ``complete``, in order."""
         t0 = time.perf_counter()
         if not self._timers_loaded:
@@ -123,7 +178,8 @@ class PersonStage:
         except Exception as exc:  # a bad envelope is skipped and counted, never a crash
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
             metrics.bad_rows.labels("process", "bad_envelope").inc()
-            return None
+            self._seq += 1
+            return Effects(self._seq, f"{self.topic}:{partition}:{offset}", [], [], {}, 0.0)
         by_person: dict[str, list[Entry]] = {}
         for en in env.entries:
             by_person.setdefault(en.pk, []).append(en)
@@ -155,7 +211,8 @@ class PersonStage:
         for pk, st in states.items():
             self._inflight[pk] = (self._seq, st)
         return Effects(self._seq, f"{self.topic}:{partition}:{offset}", event_lines, actions,
-                       {pk: st.to_bytes() for pk, st in states.items()}, time.perf_counter() - t0)
+                       {pk: st.to_bytes() for pk, st in states.items()}, time.perf_counter() - t0,
+                       len(env.entries), env.watermark, env.flush)
 
     async def complete(self, fx: Effects, write_context: contextvars.Context | None = None) -> None:
         """Carry out one envelope's effects: (1) ClickHouse, (2) action topics, (3) state. Call in envelope order.
@@ -180,13 +237,15 @@ class PersonStage:
             write_context.run(self._write_states, fx)
         else:
             self._write_states(fx)
-        self.stats.envelopes += 1
+        self.stats.envelopes += fx.envelopes
         metrics.envelope_seconds.observe(fx.cpu_s + time.perf_counter() - t0)
 
     def _write_states(self, fx: Effects) -> None:
         for pk, raw in fx.states.items():
             self.store[pk.encode()] = raw
-            if self._inflight.get(pk, (None,))[0] == fx.seq:
+            pending = self._inflight.get(pk)
+            # Batches complete in order: no envelope after this batch's last one touched this person.
+            if pending is not None and pending[0] <= fx.seq:
                 del self._inflight[pk]
 
     async def _insert_until_done(self, token: str, event_lines: list[bytes], action_lines: list[bytes]) -> None:
