@@ -1,4 +1,6 @@
-"""Synthetic, realistic shop traffic (JSON lines): browsing, carts, orders, sign-ups, identifies, a few leads.
+"""Synthetic, realistic shop traffic (JSON lines): browsing, carts, orders, sign-ups, identifies, a few leads,
+sessions that start from marketing campaigns (UTM data in the landing page's context.campaign) and an A/B test
+(``Experiment Viewed`` exposures) whose treatment really does sell more.
 
 Deterministic for a seed and an end time, so tests and benchmarks can count on exact contents.
 """
@@ -15,6 +17,22 @@ import orjson
 CATEGORIES = ["mother_baby", "beauty", "electronics", "apparel", "home", "food"]
 CHANNELS = ["web", "app", "miniapp", "official_account"]
 PAGES = ["home", "category", "search_results", "promo", "help"]
+# Where campaign sessions come from: (source, medium, campaign names, session weight, buying intent relative to
+# an untagged session), so that channels differ in conversion and attribution has something to tell apart.
+CAMPAIGNS = [
+    ("wechat_ads", "cpc", ["double11", "new_arrivals"], 5, 1.0),
+    ("baidu_sem", "cpc", ["brand_terms", "generic_terms"], 4, 1.3),
+    ("douyin", "social", ["livestream", "short_video"], 4, 0.8),
+    ("sms", "crm", ["member_day"], 2, 1.5),
+    ("email", "crm", ["weekly_digest"], 2, 1.2),
+    ("organic", "social", ["kol_posts"], 3, 1.0),
+]
+CAMPAIGN_SESSION_SHARE = 0.35
+# The A/B test: a share of persons is exposed, half of them to the treatment, which adds to carts more often.
+EXPERIMENT_ID = "checkout_redesign"
+EXPERIMENT_VARIANTS = ("control", "treatment")
+EXPERIMENT_SHARE = 0.5
+TREATMENT_CART_LIFT = 1.5
 
 
 def _iso(t: datetime) -> str:
@@ -61,7 +79,17 @@ class ShopTraffic:
             t = t + timedelta(seconds=r.randint(lo, hi))
             return t
 
-        yield t, self._event("page", t, p, name="home", properties={"path": "/"})
+        landing = self._event("page", t, p, name="home", properties={"path": "/"})
+        intent = 1.0
+        if r.random() < CAMPAIGN_SESSION_SHARE:
+            source, medium, names, _, intent = r.choices(CAMPAIGNS, weights=[c[3] for c in CAMPAIGNS])[0]
+            landing["context"]["campaign"] = {"source": source, "medium": medium, "name": r.choice(names)}
+        yield t, landing
+        if p["variant"]:
+            yield step(1, 3), self._event("track", t, p, event="Experiment Viewed",
+                                         properties={"experiment_id": EXPERIMENT_ID, "variation_id": p["variant"]})
+            if p["variant"] == "treatment":
+                intent *= TREATMENT_CART_LIFT
         if not p["known"] and r.random() < 0.25:
             p["known"] = True
             yield step(), self._event("track", t, p, event="signup", properties={"method": "phone"})
@@ -79,7 +107,7 @@ class ShopTraffic:
             prod = self._product()
             viewed.append(prod)
             yield step(), self._event("track", t, p, event="product_view", properties=prod)
-        if r.random() < 0.35:
+        if r.random() < min(0.9, 0.35 * intent):
             prod = r.choice(viewed)
             yield step(), self._event("track", t, p, event="add_to_cart", properties={**prod, "quantity": 1})
             if r.random() < 0.45:
@@ -104,6 +132,7 @@ class ShopTraffic:
                 "phone": f"1{r.choice('3578')}{r.randint(0, 9)}{r.randint(0, 99999999):08d}",
                 "email": f"user{i}@example.com", "known": r.random() < 0.4, "channel": r.choice(CHANNELS),
                 "gender": r.choice(["female", "male"]), "age": r.randint(18, 60),
+                "variant": r.choice(EXPERIMENT_VARIANTS) if r.random() < EXPERIMENT_SHARE else None,
             })
         out: list[tuple[datetime, int, dict[str, Any]]] = []
         span = (self.end - self.start).total_seconds()

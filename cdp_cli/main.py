@@ -130,13 +130,28 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_funnel(args: argparse.Namespace) -> int:
-    from cdp_cli.analytics import format_funnel, funnel_sql, funnel_table
+    from cdp_cli.analytics import format_funnel, format_funnel_breakdown, funnel_breakdown, funnel_sql, funnel_table
     from cdp_cli.ops import query
 
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
-    sql = funnel_sql(steps, args.window, _dt(args.since) if args.since else None,
-                     _dt(args.until) if args.until else None)
+    modes = [m.strip() for arg in args.mode or [] for m in arg.split(",") if m.strip()]
+    try:
+        sql = funnel_sql(steps, args.window, _dt(args.since) if args.since else None,
+                         _dt(args.until) if args.until else None, mode=modes, breakdown=args.breakdown,
+                         merge_aware=not args.no_merge)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = query(Settings(), sql, "JSONEachRow")
+    if args.breakdown is not None:
+        tables = funnel_breakdown(steps, [(r["value"], int(r["level"]), int(r["persons"]))
+                                          for r in map(orjson.loads, out.splitlines()) if r])
+        if args.json:
+            print(orjson.dumps([{"breakdown": v, "step": a, "persons": b, "of_prev_pct": c, "of_first_pct": d}
+                                for v, t in tables.items() for a, b, c, d in t]).decode())
+        else:
+            print(format_funnel_breakdown(args.breakdown, tables))
+        return 0
     levels = {int(r["level"]): int(r["persons"]) for r in map(orjson.loads, out.splitlines()) if r}
     rows = funnel_table(steps, levels)
     if args.json:
@@ -151,13 +166,210 @@ def cmd_retention(args: argparse.Namespace) -> int:
     from cdp_cli.analytics import format_retention, retention_sql
     from cdp_cli.ops import query
 
-    out = query(Settings(), retention_sql(args.period, args.periods, args.event), "JSONEachRow")
+    out = query(Settings(), retention_sql(args.period, args.periods, args.event, merge_aware=not args.no_merge),
+                "JSONEachRow")
     rows = [(r["cohort"], int(r["k"]), int(r["persons"])) for r in map(orjson.loads, out.splitlines()) if r]
     if args.json:
         print(orjson.dumps([{"cohort": c, "k": k, "persons": n} for c, k, n in rows]).decode())
     else:
         print(format_retention(rows, args.periods))
     return 0
+
+
+def _insight(args: argparse.Namespace, sql: str) -> list[dict] | None:
+    """Rows of an insight query as dicts, or None when ``--sql`` asked for the SQL only (printed here)."""
+    from cdp_cli.ops import query
+
+    if args.sql:
+        print(sql)
+        return None
+    out = query(Settings(), sql, "JSONEachRow")
+    return [orjson.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _show(args: argparse.Namespace, rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    from cdp_cli.insights import format_table
+
+    print(orjson.dumps(rows).decode() if args.json else format_table(columns, rows))
+
+
+def _range(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
+    return (_dt(args.since) if args.since else None), (_dt(args.until) if args.until else None)
+
+
+def cmd_attribution(args: argparse.Namespace) -> int:
+    from cdp_cli.insights import ATTRIBUTION_COLUMNS, attribution_sql
+
+    sql = attribution_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
+                          by_campaign=args.by_campaign, visit_gap=args.visit_gap, merge_aware=not args.no_merge)
+    rows = _insight(args, sql)
+    if rows is not None:
+        columns = list(ATTRIBUTION_COLUMNS)
+        if args.by_campaign:
+            columns.insert(2, ("campaign", "campaign", "text"))
+        _show(args, rows, columns)
+    return 0
+
+
+def cmd_roi(args: argparse.Namespace) -> int:
+    from cdp_cli.insights import ROI_COLUMNS, roi_sql
+
+    sql = roi_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
+                  by_campaign=args.by_campaign, merge_aware=not args.no_merge)
+    rows = _insight(args, sql)
+    if rows is not None:
+        columns = list(ROI_COLUMNS)
+        if args.by_campaign:
+            columns.insert(2, ("campaign", "campaign", "text"))
+        _show(args, rows, columns)
+    return 0
+
+
+def cmd_costs_load(args: argparse.Namespace) -> int:
+    from cdp_cli.insights import costs_insert_sql, read_costs_csv
+    from cdp_cli.ops import query
+
+    try:
+        rows = read_costs_csv(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if rows:
+        query(Settings(), costs_insert_sql(rows), "")  # an INSERT: no output format
+    totals: dict[str, float] = {}
+    for r in rows:
+        totals[r["currency"]] = totals.get(r["currency"], 0.0) + r["cost"]
+    days = sorted(r["day"] for r in rows)
+    span = f", {days[0]} to {days[-1]}" if days else ""
+    spent = ", ".join(f"{v:,.2f} {c}".strip() for c, v in sorted(totals.items()))
+    print(f"loaded {len(rows)} cost rows into cdp.channel_costs{span}{'; ' + spent if spent else ''}")
+    return 0
+
+
+def cmd_abtest(args: argparse.Namespace) -> int:
+    from cdp_cli.insights import ABTEST_COLUMNS, abtest_readout, abtest_sql
+
+    sql = abtest_sql(args.experiment, args.conversion, args.window, *_range(args), merge_aware=not args.no_merge)
+    rows = _insight(args, sql)
+    if rows is None:
+        return 0
+    try:
+        readout = abtest_readout([(r["variant"], int(r["exposed"]), int(r["converted"]), int(r["mixed"]))
+                                  for r in rows], args.control)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(readout).decode())
+        return 0
+    if not readout:
+        print(f"no exposures of experiment {args.experiment!r} (event experiment_viewed)")
+        return 0
+    for r in readout:
+        r["ci"] = "" if r["ci_low"] is None else f"{100 * r['ci_low']:+.1f}% .. {100 * r['ci_high']:+.1f}%"
+    _show(args, readout, ABTEST_COLUMNS)
+    mixed = sum(r["mixed"] for r in readout)
+    print(f"\ncontrol: {readout[0]['variant']}; converted = {args.conversion} within {args.window} of the first "
+          f"exposure; p-value: two-sided pooled two-proportion z-test"
+          + (f"; {mixed} persons saw more than one variant (counted under their first)" if mixed else ""))
+    return 0
+
+
+def cmd_rfm(args: argparse.Namespace) -> int:
+    from cdp_cli.insights import RFM_PERSON_COLUMNS, RFM_SEGMENT_COLUMNS, rfm_persons_sql, rfm_segments_sql
+
+    as_of = _dt(args.as_of) if args.as_of else datetime.now(UTC)
+    if args.persons or args.segment:
+        sql = rfm_persons_sql(as_of, args.period, args.conversion, not args.no_merge, segment=args.segment)
+        columns = RFM_PERSON_COLUMNS
+    else:
+        sql = rfm_segments_sql(as_of, args.period, args.conversion, not args.no_merge)
+        columns = RFM_SEGMENT_COLUMNS
+    rows = _insight(args, sql)
+    if rows is not None:
+        _show(args, rows, columns)
+    return 0
+
+
+def cmd_paths(args: argparse.Namespace) -> int:
+    from cdp_cli.insights import PATH_COLUMNS, path_text, paths_sql
+
+    event, direction = (args.from_event, "from") if args.from_event else (args.to_event, "to")
+    exclude = [x.strip() for x in args.exclude.split(",") if x.strip()]
+    sql = paths_sql(event, args.steps, args.top, args.window, direction, *_range(args), exclude=exclude,
+                    collapse_repeats=args.collapse_repeats, merge_aware=not args.no_merge)
+    rows = _insight(args, sql)
+    if rows is None:
+        return 0
+    if not args.json:
+        rows = [{**r, "path": path_text(event, r["path"], direction)} for r in rows]
+    _show(args, rows, PATH_COLUMNS)
+    return 0
+
+
+def _add_insight_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """cdp attribution, roi, costs, abtest, rfm, paths (docs/analytics.md)."""
+    from cdp_cli.insights import MODELS, NON_BEHAVIOUR_EVENTS
+
+    def common(sp: argparse.ArgumentParser, since_help: str) -> None:
+        sp.add_argument("--since", help=since_help + " at or after this ISO time (UTC unless given)")
+        sp.add_argument("--until", help="... and before this ISO time")
+        sp.add_argument("--no-merge", action="store_true", help="read raw OneIDs, ignoring identity merges")
+        sp.add_argument("--json", action="store_true", help="rows as a JSON array")
+        sp.add_argument("--sql", action="store_true", help="print the SQL (for cdp sql or a BI tool), run nothing")
+
+    def model(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", choices=MODELS, default="last_click")
+        sp.add_argument("--conversion", default="order_paid", help="the conversion event (revenue: its amount)")
+        sp.add_argument("--lookback", default="30d", help="touchpoints this long before a conversion count")
+        sp.add_argument("--half-life", default="7d", help="time_decay: a touch this much older weighs half")
+        sp.add_argument("--by-campaign", action="store_true", help="one row per source, medium and campaign")
+
+    sp = sub.add_parser("attribution", help="conversions and revenue credited to marketing channels")
+    model(sp)
+    sp.add_argument("--visit-gap", default="30m",
+                    help="a touch repeating the previous campaign within this is the same visit")
+    common(sp, "conversions")
+    sp.set_defaults(fn=cmd_attribution)
+    sp = sub.add_parser("roi", help="attributed revenue against channel costs (cdp costs load): ROI, ROAS")
+    model(sp)
+    common(sp, "conversions and cost days")
+    sp.set_defaults(fn=cmd_roi)
+    sp = sub.add_parser("costs", help="marketing spend per day and channel")
+    csub = sp.add_subparsers(dest="costs_command", required=True)
+    cp = csub.add_parser("load", help="load a CSV (day,source,medium,campaign,cost,currency) into "
+                                      "cdp.channel_costs; a reloaded row replaces the earlier one")
+    cp.add_argument("file")
+    cp.set_defaults(fn=cmd_costs_load)
+    sp = sub.add_parser("abtest", help="A/B test readout: conversion per variant, lift, p-value, CI")
+    sp.add_argument("--experiment", required=True, help="experiment_id of Experiment Viewed events")
+    sp.add_argument("--conversion", default="order_paid")
+    sp.add_argument("--window", default="7d", help="a conversion counts this long after the first exposure")
+    sp.add_argument("--control", help="the control variant (default: the first by name)")
+    common(sp, "first exposures")
+    sp.set_defaults(fn=cmd_abtest)
+    sp = sub.add_parser("rfm", help="recency, frequency, monetary scores and segments")
+    sp.add_argument("--as-of", help="ISO time the scores are taken at (default: now)")
+    sp.add_argument("--period", default="365d", help="orders this long before --as-of count")
+    sp.add_argument("--conversion", default="order_paid", help="the order event (monetary: its amount)")
+    sp.add_argument("--persons", action="store_true", help="one row per person instead of segment sizes")
+    sp.add_argument("--segment", help="only this segment's persons (implies --persons)")
+    sp.add_argument("--no-merge", action="store_true", help="read raw OneIDs, ignoring identity merges")
+    sp.add_argument("--json", action="store_true", help="rows as a JSON array")
+    sp.add_argument("--sql", action="store_true", help="print the SQL (for cdp sql or a BI tool), run nothing")
+    sp.set_defaults(fn=cmd_rfm)
+    sp = sub.add_parser("paths", help="the most frequent next (or previous) steps around an event")
+    anchor = sp.add_mutually_exclusive_group(required=True)
+    anchor.add_argument("--from", dest="from_event", metavar="EVENT", help="paths after each EVENT")
+    anchor.add_argument("--to", dest="to_event", metavar="EVENT", help="paths leading to each EVENT")
+    sp.add_argument("--steps", type=int, default=3)
+    sp.add_argument("--top", type=int, default=20)
+    sp.add_argument("--window", default="1d", help="steps count this close to the event")
+    sp.add_argument("--exclude", default=",".join(NON_BEHAVIOUR_EVENTS),
+                    help="comma-separated events left out (default: %(default)s; '' for none)")
+    sp.add_argument("--collapse-repeats", action="store_true", help="a run of the same event is one step")
+    common(sp, "anchor events")
+    sp.set_defaults(fn=cmd_paths)
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -239,14 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--window", default="1d", help="time allowed from the first step to the last (e.g. 1h, 7d)")
     sp.add_argument("--since")
     sp.add_argument("--until")
+    sp.add_argument("--mode", action="append", metavar="MODE",
+                    help="windowFunnel mode: strict_order, strict_deduplication, strict_increase (repeat or "
+                         "comma-separate to combine; default: none)")
+    sp.add_argument("--breakdown", metavar="PROPERTY",
+                    help="one funnel per value of this property of the person's first first-step event")
+    sp.add_argument("--no-merge", action="store_true", help="count raw OneIDs, ignoring identity merges")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_funnel)
     sp = sub.add_parser("retention", help="retention by first-seen cohort")
     sp.add_argument("--period", choices=["day", "week"], default="week")
     sp.add_argument("--periods", type=int, default=8)
     sp.add_argument("--event", help="count as active only this event (default: any event)")
+    sp.add_argument("--no-merge", action="store_true", help="count raw OneIDs, ignoring identity merges")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_retention)
+    _add_insight_parsers(sub)
     sp = sub.add_parser("rules", help="rule files")
     rsub = sp.add_subparsers(dest="rules_command", required=True)
     rp = rsub.add_parser("check", help="validate rule files; errors name file, line and field")

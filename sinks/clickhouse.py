@@ -48,7 +48,7 @@ def migrations() -> list[Migration]:
 
 
 EVENT_COLUMNS = ["message_id", "oneid", "type", "event", "name", "ts", "received_at", "properties", "identities",
-                 "raw_partition", "raw_offset"]
+                 "raw_partition", "raw_offset", "campaign_source", "campaign_medium", "campaign_name"]
 ACTION_COLUMNS = ["action_id", "oneid", "rule_id", "rule_version", "channel", "template", "created_at",
                   "not_before", "expires_at", "reason"]
 FEEDBACK_COLUMNS = ["action_id", "status", "at", "detail", "received_at"]
