@@ -3,30 +3,88 @@
 Faust's cost is per Kafka message delivered through a stream (docs/performance.md); carrying a whole batch of a
 partition's events in one message pays it once per batch instead of once per event. An envelope also carries the
 ingest's event-time watermark, so timers downstream fire at their deadlines even when no event arrives.
+
+The person stage is the pipeline's narrowest point (one process per partition), so the ingest does for it what
+needs no person state, and the envelope is laid out so the person stage decodes only what it reads:
+
+    {"v":2,"src":...,"wm":...,"fl":true,"n":N}      header line
+    [pk, ts, rcv, raw_partition, raw_offset, message_id, digest, name, needs_body, flags]   per event: meta
+    {...}                                             the validated event (decoded only when read)
+    {...}                                             its ClickHouse row, PII masked, all but the OneID
+
+Lines are JSON as orjson writes it, which never contains a raw newline, so splitting on newlines is exact.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
 # Stay well under Kafka's default 1 MB message limit.
 MAX_ENVELOPE_BYTES = 700_000
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One validated event as it travels: person key, event time, receive time, where it came from, the event."""
+def event_name(ev: dict[str, Any]) -> str:
+    """What rules and funnels call an event: a track call's name, else its type (page, identify, ...)."""
+    t = ev.get("type", "track")
+    return (ev.get("event") or t) if t == "track" else t
 
-    pk: str
-    ts: int
-    rcv: int
-    src: tuple[int, int]  # raw partition, raw offset
-    event: dict[str, Any]
-    flags: tuple[str, ...] = ()  # e.g. future_timestamp: the event's own time was not trusted
+
+def message_digest(message_id: str) -> str:
+    """Short, fixed-size form of a messageId for the per-person de-duplication set."""
+    return hashlib.blake2b(message_id.encode(), digest_size=8).hexdigest()
+
+
+class Entry:
+    """One validated event as it travels: person key, event time, receive time, where it came from, what the
+    person stage reads without decoding the event (id, digest, name), the event itself (decoded on first read)
+    and its ClickHouse row less the OneID (built on first read when the entry was made from a dict)."""
+
+    __slots__ = ("_body", "_event", "_row", "digest", "flags", "message_id", "name", "needs_body", "pk", "rcv",
+                 "src", "ts")
+
+    def __init__(self, pk: str, ts: int, rcv: int, src: tuple[int, int], event: dict[str, Any] | None = None,
+                 flags: tuple[str, ...] = (), *, meta: list[Any] | None = None, body: bytes | None = None,
+                 row: bytes | None = None):
+        self.pk = pk
+        self.ts = ts
+        self.rcv = rcv
+        self.src = src
+        self.flags = flags  # e.g. future_timestamp: the event's own time was not trusted
+        self._event = event
+        self._body = body
+        self._row = row
+        if meta is not None:
+            self.message_id, self.digest, self.name, self.needs_body = meta
+        else:
+            assert event is not None
+            self.message_id = event["message_id"]
+            self.digest = message_digest(self.message_id)
+            self.name = event_name(event)
+            self.needs_body = bool(event.get("identities") or event.get("traits"))
+
+    @property
+    def event(self) -> dict[str, Any]:
+        if self._event is None:
+            assert self._body is not None
+            self._event = orjson.loads(self._body)
+        return self._event
+
+    @property
+    def row(self) -> bytes:
+        """The ClickHouse row without its OneID (``core.rows.with_oneid`` completes it)."""
+        if self._row is None:
+            from core.rows import event_row_body
+
+            self._row = event_row_body(self.event, self.ts, self.rcv, self.src)
+        return self._row
+
+    def __repr__(self) -> str:
+        return f"Entry({self.pk!r}, ts={self.ts}, message_id={self.message_id!r}, name={self.name!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,44 +93,73 @@ class Envelope:
     watermark: int  # event time (ms) before which this source will send nothing more
     entries: tuple[Entry, ...]
     # The sender had caught up with its input (or this is a heartbeat): the receiver should not hold these
-    # events back to batch them with later ones (core.batching). Envelopes without the field flush.
+    # events back to batch them with later ones (core.batching).
     flush: bool = True
 
 
 def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
                  event: dict[str, Any] | bytes, flags: list[str] | None = None) -> bytes:
-    """One entry; ``event`` is the event's dict, or its JSON already encoded."""
-    e = orjson.Fragment(event) if isinstance(event, bytes) else event
-    d = {"pk": pk, "ts": ts, "rcv": rcv, "src": (raw_partition, raw_offset), "e": e}
-    if flags:
-        d["flags"] = flags
-    return orjson.dumps(d)
+    """One entry's three lines; ``event`` is the validated event's dict (or its JSON)."""
+    from core.rows import event_row_body
+
+    ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
+    mid = ev["message_id"]
+    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, message_digest(mid), event_name(ev),
+                         bool(ev.get("identities") or ev.get("traits")), flags or 0])
+    return b"\n".join((meta, orjson.dumps(ev), event_row_body(ev, ts, rcv, (raw_partition, raw_offset))))
 
 
 def encode_envelopes(source: str, watermark: int, entries: list[bytes], flush: bool = True) -> list[bytes]:
     """Pack encoded entries into as few envelopes as fit the size limit (an empty list gives one heartbeat).
     Only the last envelope carries ``flush``: the ones before it are followed at once by the rest."""
-    head = orjson.dumps({"v": ENVELOPE_VERSION, "src": source, "wm": watermark})[:-1]
-    held, last = head + b',"fl":false,"events":[', head + (b',"fl":true,"events":[' if flush
-                                                         else b',"fl":false,"events":[')
     out: list[bytes] = []
     chunk: list[bytes] = []
-    size = len(held)
+    size = 0
+
+    def close(fl: bool) -> None:
+        head = orjson.dumps({"v": ENVELOPE_VERSION, "src": source, "wm": watermark, "fl": fl, "n": len(chunk)})
+        out.append(b"\n".join([head, *chunk]))
+
     for e in entries:
         if chunk and size + len(e) + 1 > MAX_ENVELOPE_BYTES:
-            out.append(held + b",".join(chunk) + b"]}")
-            chunk, size = [], len(held)
+            close(False)
+            chunk, size = [], 0
         chunk.append(e)
         size += len(e) + 1
     if chunk or not out:
-        out.append(last + b",".join(chunk) + b"]}")
+        close(flush)
     return out
 
 
+def decode_entry(raw: bytes) -> Entry:
+    """One entry as ``encode_entry`` wrote it (tests and tools; envelopes are decoded whole)."""
+    meta, body, row = raw.split(b"\n")
+    pk, ts, rcv, rp, ro, mid, digest, name, needs_body, flags = orjson.loads(meta)
+    return Entry(pk, ts, rcv, (rp, ro), None, tuple(flags) if flags else (),
+                 meta=[mid, digest, name, needs_body], body=body, row=row)
+
+
 def decode_envelope(raw: bytes) -> Envelope:
-    d = orjson.loads(raw)
-    if d.get("v") != ENVELOPE_VERSION:
-        raise ValueError(f"unknown envelope version {d.get('v')!r}")
+    lines = raw.split(b"\n")
+    head = orjson.loads(lines[0])
+    if head.get("v") == 1:
+        return _decode_v1(head)
+    if head.get("v") != ENVELOPE_VERSION:
+        raise ValueError(f"unknown envelope version {head.get('v')!r}")
+    n = head["n"]
+    if len(lines) != 1 + 3 * n:
+        raise ValueError(f"envelope says {n} events but holds {len(lines) - 1} lines")
+    entries = []
+    loads = orjson.loads
+    for i in range(1, len(lines), 3):
+        pk, ts, rcv, rp, ro, mid, digest, name, needs_body, flags = loads(lines[i])
+        entries.append(Entry(pk, ts, rcv, (rp, ro), None, tuple(flags) if flags else (),
+                             meta=[mid, digest, name, needs_body], body=lines[i + 1], row=lines[i + 2]))
+    return Envelope(source=head["src"], watermark=int(head["wm"]), entries=tuple(entries), flush=head["fl"])
+
+
+def _decode_v1(d: dict[str, Any]) -> Envelope:
+    """Envelopes of the first layout (one JSON document), still on the topic while workers are upgraded."""
     return Envelope(
         source=d["src"],
         watermark=int(d["wm"]),

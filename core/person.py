@@ -6,7 +6,6 @@ scores, journeys) extend it. It is written once per person per envelope.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +22,6 @@ STATE_VERSION = 1
 DEDUPE_MAX_IDS = 1000
 DEDUPE_WINDOW_MS = 7 * 86_400_000
 CONTACT_TYPES = ("phone", "email", "wechat_openid", "wechat_unionid", "miniapp_openid", "device_id", "crm_id")
-
-
-def _mid(message_id: str) -> str:
-    return hashlib.blake2b(message_id.encode(), digest_size=8).hexdigest()
 
 
 @dataclass(slots=True)
@@ -98,35 +93,28 @@ class PersonResult:
     dropped: list[Dropped] = field(default_factory=list)
 
 
-def _event_name(e: dict[str, Any]) -> str:
-    t = e.get("type", "track")
-    return e.get("event") or t if t == "track" else t
-
-
 def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
                  dedupe_window_ms: int = DEDUPE_WINDOW_MS) -> PersonResult:
     """Fold one person's new events into their state. Out-of-order events are handled by event time."""
     res = PersonResult(state=state)
     triggers = rules.active_triggers
     for en in sorted(entries, key=lambda x: x.ts):
-        ev = en.event
-        mid = _mid(ev["message_id"])
+        mid = en.digest
         if mid in state.seen:
             res.duplicates += 1
             continue
         state.seen[mid] = en.ts
         res.accepted.append(en)
-        name = _event_name(ev)
+        name = en.name
         state.n_events += 1
         state.first_ts = en.ts if state.first_ts == 0 else min(state.first_ts, en.ts)
         state.last_ts = max(state.last_ts, en.ts)
         state.counts[name] = state.counts.get(name, 0) + 1
         if en.ts > state.last_seen.get(name, 0):
             state.last_seen[name] = en.ts
-        ids = ev.get("identities")
-        traits = ev.get("traits")
-        if ids or traits:
-            _update_contacts(state, ids or {}, traits or {})
+        if en.needs_body:
+            ev = en.event
+            _update_contacts(state, ev.get("identities") or {}, ev.get("traits") or {})
         for rule in triggers:
             if name == rule.when or name == rule.unless:
                 _trigger_on_event(state, rule, name, en, res)
@@ -155,9 +143,9 @@ def _trigger_on_event(state: PersonState, rule: TriggerRule, name: str, en: Entr
         return
     last = state.fired.get(rule.id)
     if last is not None and rule.cooldown_ms and en.ts < last + rule.cooldown_ms:
-        res.dropped.append(Dropped("cooldown", {"rule": rule.id, "message_id": en.event["message_id"]}))
+        res.dropped.append(Dropped("cooldown", {"rule": rule.id, "message_id": en.message_id}))
         return
-    state.pending[rule.id] = Pending(en.ts, en.ts + rule.wait_ms, en.event["message_id"])
+    state.pending[rule.id] = Pending(en.ts, en.ts + rule.wait_ms, en.message_id)
 
 
 def _prune_seen(state: PersonState, window_ms: int) -> None:

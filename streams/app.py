@@ -8,7 +8,6 @@ Data path (docs/architecture.md):
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hmac
 import logging
 import os
@@ -18,6 +17,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaProducer
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
@@ -29,7 +29,9 @@ from sinks.clickhouse import FEEDBACK_COLUMNS, ClickHouseSink
 from streams import metrics
 from streams.collector import Collector, mount_on_faust
 from streams.ingest import Ingest
+from streams.kafka import client_kwargs
 from streams.persons import PersonStage
+from streams.state import TableState
 
 log = logging.getLogger("cdp.app")
 
@@ -85,7 +87,9 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
     stage: PersonStage | None = None
     persons_agent: Any = None
     if with_persons:
-        stage, persons_agent = _person_stage(app, settings, rules, sink)
+        # The memory store (agent tests) has no changelog to write; every real store does.
+        changelog = not (store or "").startswith("memory")
+        stage, persons_agent = _person_stage(app, settings, rules, sink, changelog)
 
     ingest = Ingest(settings, rules) if with_ingest else None
     pipeline = Pipeline(app, settings, rules, stage, ingest, sink, persons_agent)
@@ -153,8 +157,8 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
     return pipeline
 
 
-def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
-                  sink: ClickHouseSink | None) -> tuple[PersonStage, Any]:
+def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: ClickHouseSink | None,
+                  changelog_to_kafka: bool) -> tuple[PersonStage, Any]:
     person_topic = app.topic(settings.person_events_topic, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     action_topics = {c.value: app.topic(settings.action_topic(c.value), key_type=bytes, value_type=bytes,
@@ -166,7 +170,8 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
     async def send_action(channel: str, key: bytes, value: bytes) -> Any:
         return await action_topics[channel].send(key=key, value=value)
 
-    stage = PersonStage(rules, table, sink, send_action, settings.partitions, settings.person_events_topic,
+    state = TableState(table, None)
+    stage = PersonStage(rules, state, sink, send_action, settings.partitions, settings.person_events_topic,
                         int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes)
 
     @app.agent(person_topic, name="persons")
@@ -177,11 +182,16 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
         # steps together.
         manual = stream.noack()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        if changelog_to_kafka and state.producer is None:
+            state.producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=True,
+                                              linger_ms=0, max_batch_size=1_048_576, max_request_size=4_194_304,
+                                              client_id=f"{settings.app_id}-state")
+            await state.producer.start()
 
         async def carry_out() -> None:
             while True:
-                fx, ctx, events = await queue.get()
-                await stage.complete(fx, ctx)
+                fx, events = await queue.get()
+                await stage.complete(fx)
                 for event in events:
                     await manual.ack(event)
                 queue.task_done()
@@ -197,11 +207,14 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet,
                     stage.reset_partition(partition)
                 done = stage.take(partition, offset, event.value, event)
                 if done is not None:
-                    await queue.put((done[0], contextvars.copy_context(), done[1]))
+                    await queue.put(done)
                 if effects_task.done():
                     effects_task.result()  # an effect failed for good: crash the agent rather than go on
         finally:
             effects_task.cancel()
+            if state.producer is not None:
+                producer, state.producer = state.producer, None
+                await producer.stop()
 
     @app.on_rebalance_complete.connect
     async def _rebalanced(sender: Any, **kwargs: Any) -> None:

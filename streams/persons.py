@@ -11,7 +11,6 @@ written makes the replay drop the duplicates, and action ids make a re-sent acti
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,9 +34,11 @@ log = logging.getLogger("cdp.persons")
 
 
 class StateStore(Protocol):
-    def get(self, key: bytes) -> bytes | None: ...
-    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+    """Person states by partition (streams.state.TableState: the Faust table's storage and changelog)."""
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
     def items(self) -> Iterable[tuple[bytes, bytes]]: ...
+    async def write(self, partition: int, states: dict[bytes, bytes]) -> None: ...
 
 
 # Sends one action (channel, key, value) and returns an awaitable acknowledgement.
@@ -50,6 +51,7 @@ class Effects:
     envelopes can be processed while these are carried out."""
 
     seq: int
+    partition: int
     token: str  # ClickHouse insert deduplication token: topic:partition:offset range
     event_lines: list[bytes]
     actions: list[tuple[str, str, dict[str, Any]]]
@@ -75,8 +77,8 @@ def merge_effects(batch: SinkBatch, topic: str) -> Effects:
         lines.extend(fx.event_lines)
         actions.extend(fx.actions)
         states.update(fx.states)
-    return Effects(parts[-1].seq, batch.token(topic), lines, actions, states, sum(fx.cpu_s for fx in parts),
-                   batch.entries, parts[-1].watermark, parts[-1].flush, len(parts))
+    return Effects(parts[-1].seq, batch.partition, batch.token(topic), lines, actions, states,
+                   sum(fx.cpu_s for fx in parts), batch.entries, parts[-1].watermark, parts[-1].flush, len(parts))
 
 
 @dataclass
@@ -154,7 +156,7 @@ class PersonStage:
                 self.timers.schedule(partition_for(key, self.partitions), due, key)
         self._timers_loaded = True
 
-    def _state(self, states: dict[str, PersonState], pk: str) -> PersonState:
+    def _state(self, states: dict[str, PersonState], partition: int, pk: str) -> PersonState:
         st = states.get(pk)
         if st is None:
             # The newest state is the one an envelope still in flight computed, else the table's.
@@ -162,7 +164,7 @@ class PersonStage:
             if pending is not None:
                 st = pending[1]
             else:
-                raw = self.store.get(pk.encode())
+                raw = self.store.get(partition, pk.encode())
                 st = PersonState.from_bytes(raw) if raw is not None else PersonState.new(pk)
             states[pk] = st
         return st
@@ -179,7 +181,7 @@ class PersonStage:
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
             metrics.bad_rows.labels("process", "bad_envelope").inc()
             self._seq += 1
-            return Effects(self._seq, f"{self.topic}:{partition}:{offset}", [], [], {}, 0.0)
+            return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", [], [], {}, 0.0)
         by_person: dict[str, list[Entry]] = {}
         for en in env.entries:
             by_person.setdefault(en.pk, []).append(en)
@@ -187,7 +189,7 @@ class PersonStage:
         event_lines: list[bytes] = []
         actions: list[tuple[str, str, dict[str, Any]]] = []
         for pk, entries in by_person.items():
-            st = self._state(states, pk)
+            st = self._state(states, partition, pk)
             before = st.next_deadline()
             res = apply_events(st, entries, self.rules, self.dedupe_window_ms)
             event_lines.extend(event_row(en, st.oneid) for en in res.accepted)
@@ -200,7 +202,7 @@ class PersonStage:
         wm = self.watermarks.update(partition, env.source, env.watermark, now_ms)
         metrics.watermark_lag.labels(str(partition)).set(max(0.0, (now_ms - wm) / 1000))
         for pk in self.timers.pop_due(partition, wm):
-            st = self._state(states, pk)
+            st = self._state(states, partition, pk)
             res = fire_due(st, wm, self.rules, now_ms)
             actions.extend((a.channel, a.oneid, a.action) for a in res.actions)
             self._count_dropped(res.dropped)
@@ -210,15 +212,12 @@ class PersonStage:
         self._seq += 1
         for pk, st in states.items():
             self._inflight[pk] = (self._seq, st)
-        return Effects(self._seq, f"{self.topic}:{partition}:{offset}", event_lines, actions,
+        return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", event_lines, actions,
                        {pk: st.to_bytes() for pk, st in states.items()}, time.perf_counter() - t0,
                        len(env.entries), env.watermark, env.flush)
 
-    async def complete(self, fx: Effects, write_context: contextvars.Context | None = None) -> None:
-        """Carry out one envelope's effects: (1) ClickHouse, (2) action topics, (3) state. Call in envelope order.
-
-        ``write_context`` is the context the envelope was read in: Faust writes a table key to the changelog
-        partition of the event being processed, which it finds there."""
+    async def complete(self, fx: Effects) -> None:
+        """Carry out a batch's effects: (1) ClickHouse, (2) action topics, (3) state. Call in batch order."""
         t0 = time.perf_counter()
         if self.sink is not None and (fx.event_lines or fx.actions):
             lines = [action_row(a) for _, _, a in fx.actions]
@@ -233,16 +232,13 @@ class PersonStage:
         for ch, _, a in fx.actions:
             metrics.actions.labels(ch, a["rule_id"]).inc()
         self.stats.actions += len(fx.actions)
-        if write_context is not None:
-            write_context.run(self._write_states, fx)
-        else:
-            self._write_states(fx)
+        await self._write_states(fx)
         self.stats.envelopes += fx.envelopes
         metrics.envelope_seconds.observe(fx.cpu_s + time.perf_counter() - t0)
 
-    def _write_states(self, fx: Effects) -> None:
-        for pk, raw in fx.states.items():
-            self.store[pk.encode()] = raw
+    async def _write_states(self, fx: Effects) -> None:
+        await self.store.write(fx.partition, {pk.encode(): raw for pk, raw in fx.states.items()})
+        for pk in fx.states:
             pending = self._inflight.get(pk)
             # Batches complete in order: no envelope after this batch's last one touched this person.
             if pending is not None and pending[0] <= fx.seq:

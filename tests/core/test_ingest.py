@@ -4,7 +4,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.envelope import decode_envelope, encode_envelopes
+from core.envelope import decode_entry, decode_envelope, encode_envelopes
 from core.ids import partition_for
 from core.ingest import RawRecord, ingest_records, watermark
 from schemas.bad_rows import Stage
@@ -40,10 +40,10 @@ def test_good_events_are_aliased_routed_by_person_and_timed_by_event_time():
     assert not res.bad_rows and res.ok == 20
     for part, entries in res.entries.items():
         for raw in entries:
-            e = orjson.loads(raw)
-            assert partition_for(e["pk"], 4) == part
-            assert e["e"]["event"] == "add_to_cart"  # Segment's name mapped onto the standard one
-            assert e["ts"] == 1_789_984_800_000 and e["rcv"] == NOW
+            e = decode_entry(raw)
+            assert partition_for(e.pk, 4) == part
+            assert e.event["event"] == "add_to_cart"  # Segment's name mapped onto the standard one
+            assert e.ts == 1_789_984_800_000 and e.rcv == NOW
 
 
 def test_bad_rows_say_why():
@@ -97,5 +97,5 @@ def test_event_shaped_junk_also_ends_as_an_event_or_a_bad_row(docs):
     assert res.ok + len(res.bad_rows) == len(values)
     for part in res.entries.values():
         for raw in part:
-            e = orjson.loads(raw)
-            assert e["pk"] and e["e"]["message_id"]
+            e = decode_entry(raw)
+            assert e.pk and e.event["message_id"]

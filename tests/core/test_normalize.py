@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from core.envelope import decode_entry
 from core.ingest import RawRecord, event_time, ingest_records
 from core.normalize import clean_event, normalize_email, normalize_identifier, normalize_phone
 from tests.core.helpers import RULES
@@ -48,9 +49,9 @@ def test_kept_event_carries_normalised_identifiers():
     raw = orjson.dumps({"type": "identify", "messageId": "m1", "userId": " u1 ",
                         "identities": {"phone": "+86 138 0013 8000", "email": "A@B.CN", "device_id": "undefined"}})
     res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
-    e = orjson.loads(res.entries[0][0])
-    assert e["pk"] == "user_id:u1"
-    assert e["e"]["identities"] == {"phone": "13800138000", "email": "a@b.cn"}
+    e = decode_entry(res.entries[0][0])
+    assert e.pk == "user_id:u1"
+    assert e.event["identities"] == {"phone": "13800138000", "email": "a@b.cn"}
     assert res.dropped_identifiers == Counter({"device_id": 1})
 
 
@@ -67,9 +68,9 @@ def test_far_future_events_are_flagged_and_timed_at_receipt():
     raw = orjson.dumps({"type": "track", "messageId": "m1", "event": "x", "userId": "u",
                         "timestamp": "2099-01-01T00:00:00Z"})
     res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
-    e = orjson.loads(res.entries[0][0])
-    assert e["flags"] == ["future_timestamp"] and e["ts"] == NOW and res.flagged == 1
-    assert e["e"]["timestamp"].startswith("2099")  # what the app said is kept
+    e = decode_entry(res.entries[0][0])
+    assert e.flags == ("future_timestamp",) and e.ts == NOW and res.flagged == 1
+    assert e.event["timestamp"].startswith("2099")  # what the app said is kept
 
 
 def test_a_replayed_archive_keeps_its_event_times():
@@ -78,6 +79,6 @@ def test_a_replayed_archive_keeps_its_event_times():
                         "timestamp": "2026-01-01T10:00:00.000Z", "sentAt": "2026-01-01T10:00:02.000Z",
                         "receivedAt": "2026-01-01T10:00:01.000Z"})  # the device clock was 1 s ahead
     res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
-    e = orjson.loads(res.entries[0][0])
-    assert e["ts"] == int(datetime(2026, 1, 1, 9, 59, 59, tzinfo=UTC).timestamp() * 1000)
-    assert e["rcv"] == int(datetime(2026, 1, 1, 10, 0, 1, tzinfo=UTC).timestamp() * 1000)
+    e = decode_entry(res.entries[0][0])
+    assert e.ts == int(datetime(2026, 1, 1, 9, 59, 59, tzinfo=UTC).timestamp() * 1000)
+    assert e.rcv == int(datetime(2026, 1, 1, 10, 0, 1, tzinfo=UTC).timestamp() * 1000)

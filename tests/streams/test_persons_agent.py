@@ -90,6 +90,6 @@ async def test_agent_sinks_events_keeps_state_and_fires_the_trigger_at_the_water
     action = orjson.loads(value)
     assert channel == "sms" and key == oneid_for(pk).encode() and action["to"] == {"phone": "13800138000"}
     assert [r["action_id"] for r in pipeline.sink.rows("actions")] == [action["action_id"]]
-    state = PersonState.from_bytes(pipeline.stage.store.get(pk.encode()))
+    state = PersonState.from_bytes(pipeline.stage.store.get(0, pk.encode()))
     assert state.n_events == 2 and state.pending == {} and "cart_not_paid_sms" in state.fired
     assert all(tok.startswith("agenttest.internal.events-by-person:0:") for _, _, tok in pipeline.sink.inserts)
