@@ -156,8 +156,23 @@ def collector_rates(lines: list[bytes], tmp: Path, port: int) -> dict[str, float
     return {"collector_eps": collector_eps, "produce_eps": produce_eps}
 
 
+def pipeline_rows(lines: list[bytes], settings: Settings) -> list[bytes]:
+    """The ClickHouse rows the pipeline makes of these events (ingest, envelope, person stage's OneID)."""
+    from core.envelope import decode_envelope, encode_envelopes
+    from core.ids import oneid_for
+    from core.ingest import RawRecord, ingest_records
+    from core.rows import event_row
+    from rules.loader import load_rules
+
+    now = int(time.time() * 1000)
+    res = ingest_records([RawRecord("raw", 0, i, now, None, v) for i, v in enumerate(lines)],
+                         load_rules(settings.resolved_rules_dir), 1, now)
+    return [event_row(en, oneid_for(en.pk)) for env in encode_envelopes("bench", 0, res.entries.get(0, []))
+            for en in decode_envelope(env).entries]
+
+
 def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
-              faust_baseline: bool = False) -> dict[str, Any]:
+              faust_baseline: bool = False, analytics_events: int = 0) -> dict[str, Any]:
     port = Settings().web_port + 17
     tmp = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
     try:
@@ -179,6 +194,13 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
             "envelopes": one["envelopes"],
             "partitions": s.partitions,
         }
+        from cdp_cli.bench_sink import sink_rates
+
+        sink = sink_rates(pipeline_rows(lines, s), tmp, s.sink_batch_rows)
+        result["sink_rows_per_s"] = sink["batched_rows_per_s"]
+        result["sink_batch_rows"] = sink["batched_batch_rows"]
+        result["sink_rows_per_s_1000_row_inserts"] = sink["per_envelope_rows_per_s"]
+        result["sink_batching_ratio"] = round(sink["batched_rows_per_s"] / sink["per_envelope_rows_per_s"], 2)
         col = collector_rates(lines[:50_000], tmp, port + 10)
         result["collector_accepted_eps"] = round(col["collector_eps"])
         result["raw_produce_eps"] = round(col["produce_eps"])
@@ -188,6 +210,15 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
             rate = faust_agent_rate(s, one["raw_topic"], n, tmp / "faust-baseline")
             result["faust_noop_agent_eps"] = rate
             result["faust_noop_ratio"] = round(rate / raw_eps, 3) if rate else None
+        if analytics_events:
+            from cdp_cli.bench_analytics import funnel_bench
+
+            fb = funnel_bench(analytics_events, str(tmp / "analytics-clickhouse"))
+            result["analytics_events"] = fb["events"]
+            result["funnel_s"] = fb["funnel_1d_s"]
+            result["funnel_first_s"] = fb["funnel_1d_first_s"]
+            result["funnel_no_merge_s"] = fb["funnel_1d_no_merge_s"]
+            result["retention_s"] = fb["retention_week_s"]
         return result
     finally:
         if not keep:

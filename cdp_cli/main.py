@@ -418,7 +418,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from cdp_cli.bench import run_bench
 
-    result = run_bench(events=args.events, users=args.users, faust_baseline=args.faust_baseline)
+    result = run_bench(events=args.events, users=args.users, faust_baseline=args.faust_baseline,
+                       analytics_events=args.analytics_events)
     if args.json:
         print(orjson.dumps(result).decode())
     else:
@@ -491,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--events", type=int, default=200_000)
     sp.add_argument("--users", type=int, default=20_000)
+    sp.add_argument("--analytics-events", type=int, default=0, metavar="N",
+                    help="also time funnel and retention over N synthetic events in a fresh chDB (e.g. 10000000)")
     sp.add_argument("--faust-baseline", action="store_true",
                     help="also measure a do-nothing Faust agent over the same events (about a minute more)")
     sp.set_defaults(fn=cmd_bench)
