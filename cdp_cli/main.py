@@ -415,6 +415,26 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from cdp_cli.ops import query
+    from cdp_cli.report import gather, render_report
+
+    s = Settings()
+    steps = [x.strip() for x in args.steps.split(",") if x.strip()]
+    try:
+        data = gather(lambda sql: query(s, sql, "JSONEachRow"), steps, args.window, args.period, args.periods,
+                      _dt(args.since) if args.since else None, _dt(args.until) if args.until else None,
+                      args.where, merge_aware=not args.no_merge)
+    except Exception as exc:  # a failed query is reported, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(data), encoding="utf-8")
+    print(f"wrote {out} ({data.totals['events']:,} events, {data.totals['actions']:,} actions)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from cdp_cli.bench import run_bench
 
@@ -488,6 +508,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--reason", help="only rows with this reason (e.g. schema, no_identifier)")
     rp.add_argument("--stage", help="only rows of this stage (decode, validate)")
     rp.set_defaults(fn=cmd_dlq_replay)
+    sp = sub.add_parser("report", help="a self-contained HTML page: funnel, retention heatmap, actions per day")
+    sp.add_argument("--out", default="report.html", help="file to write (default report.html)")
+    sp.add_argument("--steps", default="product_view,add_to_cart,checkout_start,order_paid",
+                    help="funnel steps, comma-separated")
+    sp.add_argument("--window", default="1d", help="funnel window (default 1d)")
+    sp.add_argument("--period", choices=["day", "week"], default="week")
+    sp.add_argument("--periods", type=int, default=8)
+    sp.add_argument("--since")
+    sp.add_argument("--until")
+    sp.add_argument("--where", help="SQL condition on cdp.events columns narrowing every figure's events")
+    sp.add_argument("--no-merge", action="store_true", help="count raw OneIDs, ignoring identity merges")
+    sp.set_defaults(fn=cmd_report)
+
     sp = sub.add_parser("bench", help="raw consume rate vs. whole-pipeline rate on the local broker")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--events", type=int, default=200_000)

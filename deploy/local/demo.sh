@@ -34,5 +34,8 @@ run() {
   echo
   echo "== bad rows kept on ${CDP_TOPIC_PREFIX}.events.dlq (the demo appended 3 broken messages)"
   cdp dlq stats
+  echo
+  echo "== report: funnel, retention heatmap, actions per day (open it in a browser)"
+  cdp report --out .local/report.html --period day --periods "$days"
 }
 bash deploy/local/with-kafka.sh bash -c "$(declare -f run); run"

@@ -1,0 +1,124 @@
+"""`cdp report`: the page shows the same numbers as the funnel and retention queries and a brute-force count of
+actions, and is self-contained (nothing fetched from anywhere)."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import orjson
+
+from cdp_cli.analytics import funnel_sql, funnel_table, retention_sql
+from cdp_cli.generate import generate
+from cdp_cli.report import gather, render_report, retention_matrix
+from core.envelope import decode_envelope, encode_envelopes
+from core.ids import oneid_for
+from core.ingest import RawRecord, ingest_records
+from core.rows import event_row
+from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS
+from tests.core.helpers import RULES
+
+NOW = 1_790_000_000_000
+STEPS = ["product_view", "add_to_cart", "checkout_start", "order_paid"]
+SCOPE = "message_id LIKE 'gen-33-%'"
+ACTION_DAYS = {"2026-09-20": {"sms": 3, "email": 1}, "2026-09-21": {"sms": 5}}
+
+
+class Page(HTMLParser):
+    """Collects every cell of every table, every <text> of the SVGs, and every attribute that could fetch."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.texts: list[str] = []
+        self.urls: list[str] = []
+        self._cell: list[str] | None = None
+        self._in_text = False
+        self.stack: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("meta", "rect", "line", "br"):
+            self.stack.append(tag)
+        for k, v in attrs:
+            if k in ("src", "href") or (v and re.search(r"url\(|https?://", v) and k != "xmlns"):
+                self.urls.append(v)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "text":
+            self._in_text = True
+
+    def handle_endtag(self, tag):
+        if tag not in ("meta", "rect", "line", "br"):
+            assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1:]}>"
+            self.stack.pop()
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "text":
+            self._in_text = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_text:
+            self.texts.append(data)
+
+
+def load(sink):
+    raw = [orjson.dumps(e) for e in generate(400, 20, seed=33)]
+    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
+    entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
+    sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS,
+                     token="report-test-events")
+    actions = []
+    for day, by_channel in ACTION_DAYS.items():
+        for channel, n in by_channel.items():
+            for i in range(n):
+                t = f"{day}T10:00:{i:02d}.000Z"
+                actions.append(orjson.dumps({
+                    "action_id": f"act_report_{day}_{channel}_{i}", "oneid": f"o_report{i}", "rule_id": "r",
+                    "rule_version": 1, "channel": channel, "template": "t", "created_at": t, "not_before": t,
+                    "expires_at": t, "reason": "{}"}))
+    sink.insert_json("actions", actions, ACTION_COLUMNS, token="report-test-actions")
+
+
+def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
+    chdb_sink.migrate()
+    load(chdb_sink)
+
+    def run(sql: str) -> bytes:
+        # Actions of other tests share the database: keep this test's own.
+        return chdb_sink.query(sql.replace("FROM cdp.actions FINAL", "FROM cdp.actions FINAL WHERE action_id LIKE "
+                                           "'act_report_%'"), "JSONEachRow")
+
+    data = gather(run, STEPS, "1d", "week", 3, where=SCOPE)
+    page_html = render_report(data)
+    page = Page()
+    page.feed(page_html)
+    page.close()
+    assert page.stack == ["html"] or page.stack == []  # every element closed (html may be left to the end)
+    assert page.urls == []
+
+    levels = {int(lvl): int(n) for lvl, n in chdb_sink.rows(funnel_sql(STEPS, "1d", where=SCOPE))}
+    want_funnel = funnel_table(STEPS, levels)
+    assert want_funnel[0][1] > want_funnel[-1][1] > 0
+    funnel_cells, ret_cells, act_cells = page.tables
+    assert [row[:2] for row in funnel_cells[1:]] == [[s, f"{n:,}"] for s, n, _, _ in want_funnel]
+    for s, n, _, _ in want_funnel:
+        assert any(t.startswith(f"{n:,}") for t in page.texts), s  # the bar's label
+
+    ret = [(str(c)[:10], int(k), int(n)) for c, k, n in chdb_sink.rows(retention_sql("week", 3, where=SCOPE))]
+    matrix = retention_matrix(ret, 3)
+    assert len(ret_cells) - 1 == len(matrix) >= 3  # one heatmap row per cohort
+    for (cohort, size, cells), row in zip(matrix, ret_cells[1:], strict=True):
+        assert row[0] == cohort and row[1] == f"{size:,}"
+        assert row[2:] == ["" if p is None else f"{p:.1f}%" for p in cells]
+        assert cells[0] == 100.0  # everyone is active in the week they were first seen
+
+    want_actions = sorted([day, ch, f"{n:,}"] for day, by in ACTION_DAYS.items() for ch, n in by.items())
+    assert sorted(act_cells[1:]) == want_actions
+    assert data.totals["actions"] == sum(sum(by.values()) for by in ACTION_DAYS.values())
