@@ -9,6 +9,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -209,13 +210,17 @@ def cmd_attribution(args: argparse.Namespace) -> int:
 
     sql = attribution_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
                           by_campaign=args.by_campaign, visit_gap=args.visit_gap, merge_aware=not args.no_merge)
-    rows = _insight(args, sql)
+    _show_by_channel(args, _insight(args, sql), ATTRIBUTION_COLUMNS)
+    return 0
+
+
+def _show_by_channel(args: argparse.Namespace, rows: Any, channel_columns: Any) -> None:
+    """Attribution and ROI rows: per channel, and per campaign too with --by-campaign."""
     if rows is not None:
-        columns = list(ATTRIBUTION_COLUMNS)
+        columns = list(channel_columns)
         if args.by_campaign:
             columns.insert(2, ("campaign", "campaign", "text"))
         _show(args, rows, columns)
-    return 0
 
 
 def cmd_roi(args: argparse.Namespace) -> int:
@@ -223,12 +228,7 @@ def cmd_roi(args: argparse.Namespace) -> int:
 
     sql = roi_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
                   by_campaign=args.by_campaign, merge_aware=not args.no_merge)
-    rows = _insight(args, sql)
-    if rows is not None:
-        columns = list(ROI_COLUMNS)
-        if args.by_campaign:
-            columns.insert(2, ("campaign", "campaign", "text"))
-        _show(args, rows, columns)
+    _show_by_channel(args, _insight(args, sql), ROI_COLUMNS)
     return 0
 
 
