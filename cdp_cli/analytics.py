@@ -26,12 +26,13 @@ def events_source(merge_aware: bool = True) -> str:
 FUNNEL_MODES = ("strict_order", "strict_deduplication", "strict_increase")
 
 
-def _time_range(since: datetime | None, until: datetime | None) -> list[str]:
+def _time_range(since: datetime | None, until: datetime | None, column: str = "ts") -> list[str]:
+    """SQL conditions keeping ``column`` (a DateTime64) in [since, until)."""
     where = []
     if since:
-        where.append(f"ts >= toDateTime64({quote(since.isoformat(sep=' ', timespec='seconds'))}, 3, 'UTC')")
+        where.append(f"{column} >= toDateTime64({quote(since.isoformat(sep=' ', timespec='seconds'))}, 3, 'UTC')")
     if until:
-        where.append(f"ts < toDateTime64({quote(until.isoformat(sep=' ', timespec='seconds'))}, 3, 'UTC')")
+        where.append(f"{column} < toDateTime64({quote(until.isoformat(sep=' ', timespec='seconds'))}, 3, 'UTC')")
     return where
 
 

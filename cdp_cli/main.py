@@ -424,14 +424,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         data = gather(lambda sql: query(s, sql, "JSONEachRow"), steps, args.window, args.period, args.periods,
                       _dt(args.since) if args.since else None, _dt(args.until) if args.until else None,
-                      args.where, merge_aware=not args.no_merge)
+                      args.where, merge_aware=not args.no_merge, actions_where=args.actions_where)
     except Exception as exc:  # a failed query is reported, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(data), encoding="utf-8")
-    print(f"wrote {out} ({data.totals['events']:,} events, {data.totals['actions']:,} actions)")
+    print(f"wrote {out.resolve()} ({data.totals['events']:,} events, {data.totals['actions']:,} actions)")
     return 0
 
 
@@ -518,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--since")
     sp.add_argument("--until")
     sp.add_argument("--where", help="SQL condition on cdp.events columns narrowing every figure's events")
+    sp.add_argument("--actions-where", help="SQL condition on cdp.actions columns narrowing actions and feedback")
     sp.add_argument("--no-merge", action="store_true", help="count raw OneIDs, ignoring identity merges")
     sp.set_defaults(fn=cmd_report)
 

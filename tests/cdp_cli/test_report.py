@@ -10,18 +10,23 @@ import orjson
 
 from cdp_cli.analytics import funnel_sql, funnel_table, retention_sql
 from cdp_cli.generate import generate
-from cdp_cli.report import gather, render_report, retention_matrix
+from cdp_cli.report import ReportData, gather, render_report, retention_matrix
 from core.envelope import decode_envelope, encode_envelopes
 from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row
-from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS
+from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS, FEEDBACK_COLUMNS
 from tests.core.helpers import RULES
 
 NOW = 1_790_000_000_000
 STEPS = ["product_view", "add_to_cart", "checkout_start", "order_paid"]
 SCOPE = "message_id LIKE 'gen-33-%'"
 ACTION_DAYS = {"2026-09-20": {"sms": 3, "email": 1}, "2026-09-21": {"sms": 5}}
+ACTIONS_SCOPE = "action_id LIKE 'act_report_%'"
+# (action number on 2026-09-20 sms, status, reported day): one action reported delivered twice (counted once),
+# one delivered then opened, one failed.
+FEEDBACK = [(0, "delivered", "2026-09-20"), (0, "delivered", "2026-09-21"), (1, "delivered", "2026-09-21"),
+            (1, "opened", "2026-09-21"), (2, "failed", "2026-09-21")]
 
 
 class Page(HTMLParser):
@@ -84,6 +89,10 @@ def load(sink):
                     "rule_version": 1, "channel": channel, "template": "t", "created_at": t, "not_before": t,
                     "expires_at": t, "reason": "{}"}))
     sink.insert_json("actions", actions, ACTION_COLUMNS, token="report-test-actions")
+    feedback = [orjson.dumps({"action_id": f"act_report_2026-09-20_sms_{i}", "status": status,
+                              "at": f"{day}T12:00:0{n}.000Z", "detail": "", "received_at": f"{day}T12:00:0{n}.000Z"})
+                for n, (i, status, day) in enumerate(FEEDBACK)]
+    sink.insert_json("action_feedback", feedback, FEEDBACK_COLUMNS, token="report-test-feedback")
 
 
 def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
@@ -91,11 +100,10 @@ def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
     load(chdb_sink)
 
     def run(sql: str) -> bytes:
-        # Actions of other tests share the database: keep this test's own.
-        return chdb_sink.query(sql.replace("FROM cdp.actions FINAL", "FROM cdp.actions FINAL WHERE action_id LIKE "
-                                           "'act_report_%'"), "JSONEachRow")
+        return chdb_sink.query(sql, "JSONEachRow")
 
-    data = gather(run, STEPS, "1d", "week", 3, where=SCOPE)
+    # Other tests share the database: the report is scoped to this test's events and actions.
+    data = gather(run, STEPS, "1d", "week", 3, where=SCOPE, actions_where=ACTIONS_SCOPE)
     page_html = render_report(data)
     page = Page()
     page.feed(page_html)
@@ -106,7 +114,7 @@ def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
     levels = {int(lvl): int(n) for lvl, n in chdb_sink.rows(funnel_sql(STEPS, "1d", where=SCOPE))}
     want_funnel = funnel_table(STEPS, levels)
     assert want_funnel[0][1] > want_funnel[-1][1] > 0
-    funnel_cells, ret_cells, act_cells = page.tables
+    funnel_cells, ret_cells, act_cells, feedback_cells = page.tables
     assert [row[:2] for row in funnel_cells[1:]] == [[s, f"{n:,}"] for s, n, _, _ in want_funnel]
     for s, n, _, _ in want_funnel:
         assert any(t.startswith(f"{n:,}") for t in page.texts), s  # the bar's label
@@ -118,7 +126,36 @@ def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
         assert row[0] == cohort and row[1] == f"{size:,}"
         assert row[2:] == ["" if p is None else f"{p:.1f}%" for p in cells]
         assert cells[0] == 100.0  # everyone is active in the week they were first seen
+    assert sum(size for _, size, _ in matrix) == data.totals["persons"]  # each person is in one cohort
 
     want_actions = sorted([day, ch, f"{n:,}"] for day, by in ACTION_DAYS.items() for ch, n in by.items())
     assert sorted(act_cells[1:]) == want_actions
     assert data.totals["actions"] == sum(sum(by.values()) for by in ACTION_DAYS.values())
+    want_feedback: dict[tuple[str, str], set[int]] = {}
+    for i, status, day in FEEDBACK:
+        want_feedback.setdefault((day, status), set()).add(i)
+    assert sorted(feedback_cells[1:]) == sorted([d, st, str(len(ids))] for (d, st), ids in want_feedback.items())
+    assert "Delivery reported by senders" in page_html
+
+    # The header counts what the figures count.
+    want_events = sum(1 for _ in generate(400, 20, seed=33))
+    assert f"{want_events:,} events" in page_html and f"{levels[1]:,}" in page_html
+
+
+def test_report_escapes_text_and_shows_empty_sections():
+    data = ReportData(steps=["<script>alert(1)</script>", "b&c"], window="1d\"><x",
+                      funnel=[("<script>alert(1)</script>", 5, None, None), ("b&c", 2, 40.0, 40.0)], period="week",
+                      periods=2, retention=[], actions_per_day=[], totals={"events": 7, "persons": 5, "actions": 0},
+                      generated_at="2026-01-01 00:00 UTC")
+    page_html = render_report(data)
+    page = Page()
+    page.feed(page_html)
+    page.close()
+    assert "<script" not in page_html and "<x" not in page_html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page_html and "b&amp;c" in page_html
+    funnel_cells, ret_cells, act_cells = page.tables
+    assert funnel_cells[1:] == [["<script>alert(1)</script>", "5", "", ""], ["b&c", "2", "40.0%", "40.0%"]]
+    assert len(ret_cells) == 1 and len(act_cells) == 1  # header rows only
+    assert "No events yet." in page_html and "No actions emitted." in page_html
+    assert "Delivery reported by senders" not in page_html  # no feedback, no section
+    assert page.urls == []
