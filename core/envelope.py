@@ -10,8 +10,14 @@ needs no person state, and the envelope is laid out so the person stage decodes 
     {"v":2,"src":...,"wm":...,"fl":true,"n":N}      header line
     [[pk, ts, rcv, raw_partition, raw_offset, message_id, digest, name, needs_body, flags], ...]   every meta
     then per event:
-    {...}                                             the validated event (decoded only when read)
+    {...}                                             the validated event (decoded only when read), or an
+                                                      empty line when the row says all the stage needs
     {...}                                             its ClickHouse row, PII masked, all but the OneID
+
+The whole event travels only when it holds what the row does not: raw identifiers or traits (the person stage
+keeps contacts from them) or a flag about it (an untrusted timestamp, kept as the app sent it). For any other
+event the row has it all (type, name, properties, campaign), so ``Entry.event`` is rebuilt from the row: most
+events are then never encoded twice, nor carried twice, nor decoded in the person stage at all.
 
 Lines are JSON as orjson writes it, which never contains a raw newline, so splitting on newlines is exact.
 """
@@ -71,8 +77,7 @@ class Entry:
     @property
     def event(self) -> dict[str, Any]:
         if self._event is None:
-            assert self._body is not None
-            self._event = orjson.loads(self._body)
+            self._event = orjson.loads(self._body) if self._body else _event_from_row(orjson.loads(self.row))
         return self._event
 
     @property
@@ -105,9 +110,29 @@ def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int
 
     ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
     mid = ev["message_id"]
+    needs_body = bool(ev.get("identities") or ev.get("traits"))
     meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, message_digest(mid), event_name(ev),
-                         bool(ev.get("identities") or ev.get("traits")), flags or 0])
-    return b"\n".join((meta, orjson.dumps(ev), event_row_body(ev, ts, rcv, (raw_partition, raw_offset))))
+                         needs_body, flags or 0])
+    body = orjson.dumps(ev) if needs_body or flags else b""
+    return b"\n".join((meta, body, event_row_body(ev, ts, rcv, (raw_partition, raw_offset))))
+
+
+def _event_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The event as far as its row tells it (events that carried no identifiers, traits or flags)."""
+    ev: dict[str, Any] = {"type": row["type"], "message_id": row["message_id"]}
+    if row["type"] == "track":
+        ev["event"] = row["event"]
+    if row.get("name"):
+        ev["name"] = row["name"]
+    props = row.get("properties") or {}
+    if isinstance(props, str):
+        props = orjson.loads(props)
+    if props:
+        ev["properties"] = props
+    if row.get("campaign_source") or row.get("campaign_medium") or row.get("campaign_name"):
+        ev["context"] = {"campaign": {k: row[f"campaign_{k}"] for k in ("source", "medium", "name")
+                                      if row.get(f"campaign_{k}")}}
+    return ev
 
 
 def encode_envelopes(source: str, watermark: int, entries: list[bytes], flush: bool = True) -> list[bytes]:

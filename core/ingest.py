@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -98,21 +98,11 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
         if not rec.value:
             res.bad_rows.append(_bad(rec, Stage.decode, "empty", [], now_ms))
             continue
-        try:
-            ev = Event.model_validate_json(rec.value)
-        except ValidationError as exc:
-            errs = field_errors(exc)
-            if any(e["type"] in ("json_invalid", "model_type") for e in errs):
-                res.bad_rows.append(_bad(rec, Stage.decode, "invalid_json", errs, now_ms))
-            else:
-                res.bad_rows.append(_bad(rec, Stage.validate, "schema", errs, now_ms))
+        d = _validate(rec, now_ms, res)
+        if d is None:
             continue
-        except Exception as exc:  # one bad event never stops a partition
-            res.bad_rows.append(_bad(rec, Stage.validate, "unexpected", [{"field": "$", "error": repr(exc)}], now_ms))
-            continue
-        if ev.event is not None and ev.event in aliases:
-            ev.event = aliases[ev.event]
-        d = pipeline_dict(ev)
+        if "event" in d and d["event"] in aliases:
+            d["event"] = aliases[d["event"]]
         clean_event(d, rules.blocked_identifiers, res.dropped_identifiers)
         pk = person_key(d.get("user_id"), d.get("anonymous_id"), d.get("identities") or {})
         if pk is None:
@@ -120,8 +110,9 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
                 {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
             ], now_ms))
             continue
-        rcv = int(ev.received_at.timestamp() * 1000) if ev.received_at is not None else (rec.timestamp or now_ms)
-        ts = event_time(ev.timestamp, ev.sent_at, rcv)
+        received = d.get("received_at")
+        rcv = int(received.timestamp() * 1000) if received is not None else (rec.timestamp or now_ms)
+        ts = event_time(d.get("timestamp"), d.get("sent_at"), rcv)
         flags = None
         if ts > now_ms + max_future_ms:
             # Not trusted: a device clock far ahead would fire timers and skew funnels. Kept, at receive time.
@@ -137,6 +128,23 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
         if wm_ts > res.max_event_ts.get(rec.partition, 0):
             res.max_event_ts[rec.partition] = wm_ts
     return res
+
+
+def _validate(rec: RawRecordLike, now_ms: int, res: IngestResult) -> dict[str, Any] | None:
+    """The event as the pipeline carries it (``pipeline_dict``), or None when rejected: then it is a bad row."""
+    try:
+        ev = Event.model_validate_json(rec.value or b"")
+    except ValidationError as exc:
+        errs = field_errors(exc)
+        if any(e["type"] in ("json_invalid", "model_type") for e in errs):
+            res.bad_rows.append(_bad(rec, Stage.decode, "invalid_json", errs, now_ms))
+        else:
+            res.bad_rows.append(_bad(rec, Stage.validate, "schema", errs, now_ms))
+        return None
+    except Exception as exc:  # one bad event never stops a partition
+        res.bad_rows.append(_bad(rec, Stage.validate, "unexpected", [{"field": "$", "error": repr(exc)}], now_ms))
+        return None
+    return pipeline_dict(ev)
 
 
 def watermark(max_event_ts: int | None, caught_up: bool, now_ms: int, lateness_ms: int) -> int:

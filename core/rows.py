@@ -11,7 +11,7 @@ from core.ids import mask
 
 # Identifier fields of an event that are masked in the events table.
 _ID_FIELDS = (("user_id", "user_id"), ("anonymous_id", "anonymous_id"))
-_NO_CAMPAIGN: dict[str, Any] = {}
+_EMPTY: dict[str, Any] = {}
 
 
 def event_row_body(ev: dict[str, Any], ts: int, rcv: int, src: tuple[int, int]) -> bytes:
@@ -23,9 +23,9 @@ def event_row_body(ev: dict[str, Any], ts: int, rcv: int, src: tuple[int, int]) 
         if ev.get(field_name):
             ids[id_type] = mask(id_type, ev[field_name])
     # UTM data (Segment's context.campaign) makes the event a marketing touchpoint.
-    campaign = (ev.get("context") or _NO_CAMPAIGN).get("campaign")
+    campaign = (ev.get("context") or _EMPTY).get("campaign")
     if not isinstance(campaign, dict):
-        campaign = _NO_CAMPAIGN
+        campaign = _EMPTY
     return orjson.dumps({
         "message_id": ev["message_id"],
         "type": t,
@@ -34,7 +34,8 @@ def event_row_body(ev: dict[str, Any], ts: int, rcv: int, src: tuple[int, int]) 
         # DateTime64 columns take seconds with a fraction
         "ts": ts / 1000,
         "received_at": rcv / 1000,
-        "properties": orjson.dumps(ev.get("properties") or {}).decode(),
+        # An object: ClickHouse stores its text in the String column (sinks.clickhouse's insert settings).
+        "properties": ev.get("properties") or _EMPTY,
         "identities": ids,
         "raw_partition": src[0],
         "raw_offset": src[1],

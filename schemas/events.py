@@ -128,3 +128,4 @@ def event_json_schema() -> dict[str, Any]:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+

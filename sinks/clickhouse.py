@@ -54,8 +54,11 @@ ACTION_COLUMNS = ["action_id", "oneid", "rule_id", "rule_version", "channel", "t
 FEEDBACK_COLUMNS = ["action_id", "status", "at", "detail", "received_at"]
 
 # Inserts are synchronous, so an insert that returned is durable before offsets are committed.
+# JSON objects go into String columns as their text (events.properties): the row carries them as objects, so they
+# are neither encoded twice nor escaped.
 _INSERT_SETTINGS = {"async_insert": 0, "date_time_input_format": "best_effort",
-                    "deduplicate_blocks_in_dependent_materialized_views": 1}
+                    "deduplicate_blocks_in_dependent_materialized_views": 1,
+                    "input_format_json_read_objects_as_strings": 1}
 
 
 def chdb_path(url: str) -> Path | None:
