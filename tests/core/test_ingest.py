@@ -99,3 +99,17 @@ def test_event_shaped_junk_also_ends_as_an_event_or_a_bad_row(docs):
         for raw in part:
             e = decode_entry(raw)
             assert e.pk and e.event["message_id"]
+
+
+def test_envelopes_carry_the_whole_event_only_where_the_row_does_not_tell_it():
+    ident = good(1, type="identify", identities={"phone": "13800138000"})
+    res = ingest_records([rec(good(0, properties={"sku": "S-1"}, context={"campaign": {"source": "sms"}}), 0),
+                          rec(ident, 1)], RULES, 1, NOW)
+    envs = encode_envelopes("s", 1, res.entries[0], flush=False)
+    assert len(envs) == 1 and decode_envelope(envs[0]).flush is False
+    track, identify = decode_envelope(envs[0]).entries
+    assert track.needs_body is False and track.event == {
+        "type": "track", "message_id": "m0", "event": "add_to_cart", "properties": {"sku": "S-1"},
+        "context": {"campaign": {"source": "sms"}}}
+    assert identify.needs_body is True and identify.event["identities"] == {"phone": "13800138000"}
+    assert b"13800138000" not in identify.row  # the row is masked; only the event body has the number
