@@ -12,8 +12,8 @@ envelopes from there on, never of the clock or of state:
 - it holds ``max_envelopes`` envelopes (a partition that gets few events still flushes within that many ingest
   batches while others are busy; event time is no measure here: while a backlog is read it runs far ahead of
   the clock), or
-- the envelope says ``flush``: the ingest that wrote it had caught up with its input (low traffic: no waiting)
-  or it is a heartbeat.
+- the envelope says ``flush``: the ingest that wrote it had caught up with its input (it marks one at most every
+  ``CDP_SINK_FLUSH_MS`` per partition, and sends an empty one when input pauses) or it is a heartbeat.
 """
 
 from __future__ import annotations

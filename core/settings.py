@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # events or this many envelopes, or until the ingest that sent them has caught up with its input (then at once).
     sink_batch_rows: int = Field(default=20_000, ge=1)
     sink_batch_envelopes: int = Field(default=50, ge=1)
+    # ... and, while the ingest is caught up (live traffic), at most this often per partition: the most an event
+    # waits for its insert, and so for the actions it fires.
+    sink_flush_ms: int = Field(default=200, ge=0)
     # Kafka security, passed through to every client.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None

@@ -43,6 +43,11 @@ class Ingest:
         self.records_in = 0
         self._stopping = asyncio.Event()
         self._last_heartbeat = 0.0
+        # Sink batches downstream close at envelopes marked flush (core.batching). While caught up, mark at most
+        # one envelope per person partition every CDP_SINK_FLUSH_MS, so live traffic still makes inserts of
+        # many events; a partition whose last envelope went unmarked gets a flush heartbeat once input pauses.
+        self._last_flush: dict[int, float] = {}
+        self._unflushed: set[int] = set()
         self._unacked: deque[tuple[list[asyncio.Future[Any]], dict[TopicPartition, int]]] = deque()
 
     async def start(self) -> None:
@@ -83,13 +88,17 @@ class Ingest:
     async def run(self) -> None:
         assert self.consumer is not None
         self.running = True
-        timeout_ms = int(self.s.heartbeat_s * 1000)
         while not self._stopping.is_set():
             try:
-                batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.s.ingest_batch)
+                # Waiting for input is short while some partition's events wait for a flush mark.
+                timeout_s = min(self.s.heartbeat_s, self.s.sink_flush_ms / 1000) if self._unflushed \
+                    else self.s.heartbeat_s
+                batches = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000),
+                                                      max_records=self.s.ingest_batch)
                 if batches:
                     await self._process(batches)
                 else:
+                    await self._flush_unflushed()
                     await self._commit_acknowledged(drain=True)
                 await self._maybe_heartbeat()
             except asyncio.CancelledError:
@@ -128,12 +137,23 @@ class Ingest:
             self.max_ts[part] = max(self.max_ts.get(part, 0), ts)
         wm = await self._source_watermark(now_ms)
         # A batch short of the most it may hold means this instance has caught up: downstream need not hold
-        # these events back to insert them with later ones (core.batching).
+        # these events back much longer to insert them with later ones (core.batching).
         caught_up = len(records) < self.s.ingest_batch
         futures = []
+        mono = time.monotonic()
         for part, entries in res.entries.items():
-            for env in encode_envelopes(self.source, wm, entries, flush=caught_up):
+            flush = caught_up and mono - self._last_flush.get(part, 0.0) >= self.s.sink_flush_ms / 1000
+            if flush:
+                self._last_flush[part] = mono
+                self._unflushed.discard(part)
+            else:
+                self._unflushed.add(part)
+            for env in encode_envelopes(self.source, wm, entries, flush=flush):
                 futures.append(await self.producer.send(self.s.person_events_topic, env, partition=part))
+        # Partitions that got nothing this time but still hold unflushed events downstream.
+        due = [p for p in self._unflushed
+               if p not in res.entries and mono - self._last_flush.get(p, 0.0) >= self.s.sink_flush_ms / 1000]
+        futures.extend(await self._send_flush(due, wm))
         for key, row in res.bad_rows:
             futures.append(await self.producer.send(
                 self.s.dlq_topic, row.model_dump_json().encode(), key=key, headers=row.kafka_headers()))
@@ -160,6 +180,22 @@ class Ingest:
             wait = False
         if offsets:
             await self.consumer.commit(offsets)
+
+    async def _flush_unflushed(self) -> None:
+        """Input paused: close the sink batches still open downstream with a flush heartbeat."""
+        if self._unflushed:
+            wm = await self._source_watermark(int(time.time() * 1000))
+            await asyncio.gather(*await self._send_flush(list(self._unflushed), wm))
+
+    async def _send_flush(self, partitions: list[int], wm: int) -> list[asyncio.Future[Any]]:
+        assert self.producer is not None
+        env = encode_envelopes(self.source, wm, [])[0]  # empty, flush: closes the partition's open batch
+        futs = [await self.producer.send(self.s.person_events_topic, env, partition=p) for p in partitions]
+        mono = time.monotonic()
+        for p in partitions:
+            self._last_flush[p] = mono
+            self._unflushed.discard(p)
+        return futs
 
     async def _maybe_heartbeat(self) -> None:
         """Tell every person partition how far event time has come, so timers fire when no events arrive.
