@@ -19,7 +19,7 @@ from core.ids import partition_for, person_key
 from core.normalize import clean_event
 from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
-from schemas.events import Event, field_errors, pipeline_dict
+from schemas.events import event_dict_from_json, field_errors
 
 
 class RawRecordLike(Protocol):
@@ -133,7 +133,7 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
 def _validate(rec: RawRecordLike, now_ms: int, res: IngestResult) -> dict[str, Any] | None:
     """The event as the pipeline carries it (``pipeline_dict``), or None when rejected: then it is a bad row."""
     try:
-        ev = Event.model_validate_json(rec.value or b"")
+        return event_dict_from_json(rec.value or b"")
     except ValidationError as exc:
         errs = field_errors(exc)
         if any(e["type"] in ("json_invalid", "model_type") for e in errs):
@@ -144,7 +144,6 @@ def _validate(rec: RawRecordLike, now_ms: int, res: IngestResult) -> dict[str, A
     except Exception as exc:  # one bad event never stops a partition
         res.bad_rows.append(_bad(rec, Stage.validate, "unexpected", [{"field": "$", "error": repr(exc)}], now_ms))
         return None
-    return pipeline_dict(ev)
 
 
 def watermark(max_event_ts: int | None, caught_up: bool, now_ms: int, lateness_ms: int) -> int:

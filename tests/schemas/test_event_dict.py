@@ -1,0 +1,73 @@
+"""The ingest's validator (``event_dict_from_json``, a TypedDict) and the schema of record (``Event``) agree: the
+same events accepted, the same pipeline dict for each, the same errors for the rest."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from cdp_cli.generate import generate
+from schemas.events import Event, event_dict_from_json, field_errors, pipeline_dict
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                    st.text(max_size=8))
+values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3),
+                                                   st.dictionaries(st.text(max_size=5), c, max_size=3)),
+                      max_leaves=5)
+texts = st.one_of(st.sampled_from(["u1", " u1 ", "", "x" * 101, "x" * 257, "\u2003u", "u\x1f", "42"]),
+                  st.text(max_size=10), st.integers(-10, 10**6), st.none(), st.booleans(), st.floats(0, 9))
+times = st.one_of(
+    st.sampled_from(["2026-11-20T10:00:00Z", "2026-11-20T10:00:00.5+08:00", "2026-11-20T10:00:00",
+                     "2026-11-20 10:00:00", "2026-02-30T10:00:00Z", "now", "", "2026-11-20"]),
+    st.integers(-10, 2 * 10**12), st.floats(0, 2e9), st.none(), st.booleans())
+# Mostly valid events with a few fields changed, so both outcomes are common.
+base = {"type": "track", "messageId": "m1", "event": "add_to_cart", "userId": "u1",
+        "timestamp": "2026-11-20T10:00:00Z", "properties": {"sku": "S-1"}}
+changes = st.dictionaries(
+    st.sampled_from(["type", "messageId", "message_id", "event", "name", "userId", "user_id", "anonymousId",
+                     "previousId", "groupId", "identities", "traits", "properties", "context", "timestamp",
+                     "sentAt", "receivedAt", "received_at", "extra"]),
+    st.one_of(texts, times, values,
+              st.dictionaries(st.sampled_from(["phone", "email", " phone", ""]), texts, max_size=3),
+              st.sampled_from(["track", "identify", "page", "screen", "alias", "group", " page", "Track"])),
+    max_size=4)
+drops = st.lists(st.sampled_from(list(base)), max_size=3)
+
+
+def same_outcome(raw: bytes) -> bool:
+    try:
+        want = pipeline_dict(Event.model_validate_json(raw))
+    except ValidationError as exc:
+        with pytest.raises(ValidationError) as got:
+            event_dict_from_json(raw)
+        assert field_errors(got.value) == field_errors(exc), raw
+        return False
+    assert event_dict_from_json(raw) == want, raw
+    return True
+
+
+@settings(max_examples=1500)
+@given(changes, drops)
+def test_the_ingest_validator_agrees_with_the_schema(change, drop):
+    doc = {k: v for k, v in {**base, **change}.items() if k not in drop or k in change}
+    same_outcome(json.dumps(doc).encode())
+
+
+def test_both_outcomes_are_exercised():
+    docs = [{**base}, {**base, "userId": 42}, {**base, "messageId": " m "}, {**base, "event": None},
+            {**base, "type": "alias"}, {**base, "type": "alias", "previousId": "p"}, {**base, "timestamp": "x"},
+            {**base, "identities": {"phone": None, "email": ""}, "userId": None},
+            {**base, "timestamp": "2026-11-20T10:00:00"}, {**base, "type": " page"}]
+    outcomes = [same_outcome(json.dumps(d).encode()) for d in docs]
+    assert any(outcomes) and not all(outcomes)
+    for raw in (b"{nope", b"[1]", b""):
+        assert same_outcome(raw) is False
+
+
+def test_what_apps_send_takes_the_same_path():
+    assert all(same_outcome(orjson.dumps(e)) for e in generate(200, 2, seed=8))
