@@ -44,6 +44,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     worker = faust.Worker(pipeline.app, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
+    # Faust's terminal spinner sets the root logger to DEBUG (to spin at every message), so every debug call in
+    # aiokafka and Faust builds a log record: a few per Kafka request and message. No spinner: CDP_LOG_LEVEL holds.
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
 
