@@ -58,7 +58,6 @@ class Effects:
     states: dict[str, bytes]
     cpu_s: float
     entries: int = 0  # events the envelope carried (duplicates included)
-    watermark: int = 0
     flush: bool = True
     envelopes: int = 1
 
@@ -78,7 +77,7 @@ def merge_effects(batch: SinkBatch, topic: str) -> Effects:
         actions.extend(fx.actions)
         states.update(fx.states)
     return Effects(parts[-1].seq, batch.partition, batch.token(topic), lines, actions, states,
-                   sum(fx.cpu_s for fx in parts), batch.entries, parts[-1].watermark, parts[-1].flush, len(parts))
+                   sum(fx.cpu_s for fx in parts), batch.entries, parts[-1].flush, len(parts))
 
 
 @dataclass
@@ -214,7 +213,7 @@ class PersonStage:
             self._inflight[pk] = (self._seq, st)
         return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", event_lines, actions,
                        {pk: st.to_bytes() for pk, st in states.items()}, time.perf_counter() - t0,
-                       len(env.entries), env.watermark, env.flush)
+                       len(env.entries), env.flush)
 
     async def complete(self, fx: Effects) -> None:
         """Carry out a batch's effects: (1) ClickHouse, (2) action topics, (3) state. Call in batch order."""
