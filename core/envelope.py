@@ -46,6 +46,13 @@ def message_digest(message_id: str) -> str:
     return hashlib.blake2b(message_id.encode(), digest_size=8).hexdigest()
 
 
+def _summary(ev: dict[str, Any]) -> tuple[str, str, str, bool]:
+    """What the person stage reads of an event without decoding it: messageId, its digest, the event name, and
+    whether the event holds what its row does not (identifiers, traits)."""
+    mid = ev["message_id"]
+    return mid, message_digest(mid), event_name(ev), bool(ev.get("identities") or ev.get("traits"))
+
+
 class Entry:
     """One validated event as it travels: person key, event time, receive time, where it came from, what the
     person stage reads without decoding the event (id, digest, name), the event itself (decoded on first read)
@@ -65,14 +72,10 @@ class Entry:
         self._event = event
         self._body = body
         self._row = row
-        if meta is not None:
-            self.message_id, self.digest, self.name, self.needs_body = meta
-        else:
+        if meta is None:
             assert event is not None
-            self.message_id = event["message_id"]
-            self.digest = message_digest(self.message_id)
-            self.name = event_name(event)
-            self.needs_body = bool(event.get("identities") or event.get("traits"))
+            meta = _summary(event)
+        self.message_id, self.digest, self.name, self.needs_body = meta
 
     @property
     def event(self) -> dict[str, Any]:
@@ -109,10 +112,8 @@ def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int
     from core.rows import event_row_body
 
     ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
-    mid = ev["message_id"]
-    needs_body = bool(ev.get("identities") or ev.get("traits"))
-    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, message_digest(mid), event_name(ev),
-                         needs_body, flags or 0])
+    mid, digest, name, needs_body = _summary(ev)
+    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, digest, name, needs_body, flags or 0])
     body = orjson.dumps(ev) if needs_body or flags else b""
     return b"\n".join((meta, body, event_row_body(ev, ts, rcv, (raw_partition, raw_offset))))
 
@@ -166,7 +167,11 @@ def encode_envelopes(source: str, watermark: int, entries: list[bytes], flush: b
 def decode_entry(raw: bytes) -> Entry:
     """One entry as ``encode_entry`` wrote it (tests and tools; envelopes are decoded whole)."""
     meta, body, row = raw.split(b"\n")
-    pk, ts, rcv, rp, ro, mid, digest, name, needs_body, flags = orjson.loads(meta)
+    return _entry(orjson.loads(meta), body, row)
+
+
+def _entry(meta: list[Any], body: bytes, row: bytes) -> Entry:
+    pk, ts, rcv, rp, ro, mid, digest, name, needs_body, flags = meta
     return Entry(pk, ts, rcv, (rp, ro), None, tuple(flags) if flags else (),
                  meta=(mid, digest, name, needs_body), body=body, row=row)
 
@@ -181,14 +186,9 @@ def decode_envelope(raw: bytes) -> Envelope:
     n = head["n"]
     if len(lines) != 2 + 2 * n:
         raise ValueError(f"envelope says {n} events but holds {len(lines) - 2} lines")
-    metas = orjson.loads(lines[1])
-    entries = []
-    i = 2
-    for pk, ts, rcv, rp, ro, mid, digest, name, needs_body, flags in metas:
-        entries.append(Entry(pk, ts, rcv, (rp, ro), None, tuple(flags) if flags else (),
-                             meta=(mid, digest, name, needs_body), body=lines[i], row=lines[i + 1]))
-        i += 2
-    return Envelope(source=head["src"], watermark=int(head["wm"]), entries=tuple(entries), flush=head["fl"])
+    entries = tuple(_entry(meta, lines[i], lines[i + 1]) for i, meta in zip(range(2, len(lines), 2),
+                                                                          orjson.loads(lines[1]), strict=True))
+    return Envelope(source=head["src"], watermark=int(head["wm"]), entries=entries, flush=head["fl"])
 
 
 def _decode_v1(d: dict[str, Any]) -> Envelope:
