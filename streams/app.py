@@ -17,7 +17,6 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka import AIOKafkaProducer
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
@@ -29,7 +28,7 @@ from sinks.clickhouse import FEEDBACK_COLUMNS, ClickHouseSink
 from streams import metrics
 from streams.collector import Collector, mount_on_faust
 from streams.ingest import Ingest
-from streams.kafka import client_kwargs
+from streams.kafka import batch_producer
 from streams.persons import PersonStage
 from streams.state import TableState
 
@@ -187,9 +186,7 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
         manual = stream.noack()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
         if changelog_to_kafka and state.producer is None:
-            state.producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=True,
-                                              linger_ms=0, max_batch_size=1_048_576, max_request_size=4_194_304,
-                                              client_id=f"{settings.app_id}-state")
+            state.producer = batch_producer(settings, f"{settings.app_id}-state", linger_ms=0)
             await state.producer.start()
 
         async def carry_out() -> None:

@@ -22,7 +22,7 @@ from core.ingest import ingest_records, watermark
 from core.settings import Settings
 from rules.loader import RuleSet
 from streams import metrics
-from streams.kafka import client_kwargs
+from streams.kafka import batch_producer, client_kwargs
 
 log = logging.getLogger("cdp.ingest")
 
@@ -52,10 +52,7 @@ class Ingest:
 
     async def start(self) -> None:
         kw = client_kwargs(self.s)
-        # Envelopes are up to ~700 KB: batches must hold them whole (aiokafka's default batch is 16 KB).
-        self.producer = AIOKafkaProducer(**kw, acks="all", enable_idempotence=True, linger_ms=5,
-                                         max_batch_size=1_048_576, max_request_size=4_194_304,
-                                         client_id=self.source)
+        self.producer = batch_producer(self.s, self.source, linger_ms=5)
         self.consumer = AIOKafkaConsumer(
             self.s.raw_topic, **kw, group_id=self.s.ingest_group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.s.ingest_batch, fetch_max_bytes=64 * 1024 * 1024,
@@ -140,20 +137,17 @@ class Ingest:
         # these events back much longer to insert them with later ones (core.batching).
         caught_up = len(records) < self.s.ingest_batch
         futures = []
-        mono = time.monotonic()
         for part, entries in res.entries.items():
-            flush = caught_up and mono - self._last_flush.get(part, 0.0) >= self.s.sink_flush_ms / 1000
+            flush = caught_up and self._flush_due(part)
             if flush:
-                self._last_flush[part] = mono
-                self._unflushed.discard(part)
+                self._flushed([part])
             else:
                 self._unflushed.add(part)
             for env in encode_envelopes(self.source, wm, entries, flush=flush):
                 futures.append(await self.producer.send(self.s.person_events_topic, env, partition=part))
         # Partitions that got nothing this time but still hold unflushed events downstream.
-        due = [p for p in self._unflushed
-               if p not in res.entries and mono - self._last_flush.get(p, 0.0) >= self.s.sink_flush_ms / 1000]
-        futures.extend(await self._send_flush(due, wm))
+        futures.extend(await self._send_flush([p for p in self._unflushed
+                                               if p not in res.entries and self._flush_due(p)], wm))
         for key, row in res.bad_rows:
             futures.append(await self.producer.send(
                 self.s.dlq_topic, row.model_dump_json().encode(), key=key, headers=row.kafka_headers()))
@@ -187,14 +181,21 @@ class Ingest:
             wm = await self._source_watermark(int(time.time() * 1000))
             await asyncio.gather(*await self._send_flush(list(self._unflushed), wm))
 
-    async def _send_flush(self, partitions: list[int], wm: int) -> list[asyncio.Future[Any]]:
-        assert self.producer is not None
-        env = encode_envelopes(self.source, wm, [])[0]  # empty, flush: closes the partition's open batch
-        futs = [await self.producer.send(self.s.person_events_topic, env, partition=p) for p in partitions]
+    def _flush_due(self, partition: int) -> bool:
+        return time.monotonic() - self._last_flush.get(partition, 0.0) >= self.s.sink_flush_ms / 1000
+
+    def _flushed(self, partitions: list[int]) -> None:
         mono = time.monotonic()
         for p in partitions:
             self._last_flush[p] = mono
             self._unflushed.discard(p)
+
+    async def _send_flush(self, partitions: list[int], wm: int) -> list[asyncio.Future[Any]]:
+        """An empty envelope marked flush to each partition: it moves event time on and closes the open batch."""
+        assert self.producer is not None
+        env = encode_envelopes(self.source, wm, [])[0]
+        futs = [await self.producer.send(self.s.person_events_topic, env, partition=p) for p in partitions]
+        self._flushed(partitions)
         return futs
 
     async def _maybe_heartbeat(self) -> None:
@@ -206,7 +207,4 @@ class Ingest:
             return
         self._last_heartbeat = time.monotonic()
         wm = await self._source_watermark(int(time.time() * 1000))
-        env = encode_envelopes(self.source, wm, [])[0]
-        futs = [await self.producer.send(self.s.person_events_topic, env, partition=p)
-                for p in range(self.s.partitions)]
-        await asyncio.gather(*futs)
+        await asyncio.gather(*await self._send_flush(list(range(self.s.partitions)), wm))

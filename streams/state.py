@@ -33,6 +33,10 @@ class TableState:
     def _store(self) -> Any:
         return self.table.data
 
+    @property
+    def _changelog_topic(self) -> str:
+        return self.table.changelog_topic.get_topic_name()  # type: ignore[no-any-return]
+
     def _db(self, partition: int) -> Any:
         store = self._store
         return store._db_for_partition(partition) if hasattr(store, "_db_for_partition") else None
@@ -60,29 +64,23 @@ class TableState:
         for k, v in states.items():
             db.put(k, v)
         if offset is not None:
-            self._store.set_persisted_offset(TP(self.table.changelog_topic.get_topic_name(), partition), offset)
+            self._store.set_persisted_offset(TP(self._changelog_topic, partition), offset)
 
     async def _send_changelog(self, partition: int, states: dict[bytes, bytes]) -> int:
         """All records in as few record batches as fit; returns the offset of the last one written."""
         assert self.producer is not None
-        topic = self.table.changelog_topic.get_topic_name()
+        topic = self._changelog_topic
         futures = []
-        counts = []
         batch = self.producer.create_batch()
-        n = 0
+        n = 0  # records in the batch being filled
         for k, v in states.items():
-            if batch.append(key=k, value=v, timestamp=None) is None:
-                batch.close()
+            if batch.append(key=k, value=v, timestamp=None) is None:  # full: send it, start the next
                 futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-                counts.append(n)
-                batch = self.producer.create_batch()
-                n = 0
+                batch, n = self.producer.create_batch(), 0
                 if batch.append(key=k, value=v, timestamp=None) is None:
                     raise ValueError(f"a person state of {len(v)} bytes does not fit a Kafka batch")
             n += 1
-        batch.close()
         futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        counts.append(n)
         metas = await asyncio.gather(*futures)
         # A batch's metadata names its first record's offset.
-        return int(metas[-1].offset) + counts[-1] - 1
+        return int(metas[-1].offset) + n - 1
