@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from rules.loader import parse_duration_ms
 
@@ -26,14 +26,16 @@ def events_source(merge_aware: bool = True) -> str:
 FUNNEL_MODES = ("strict_order", "strict_deduplication", "strict_increase")
 
 
-def _time_range(since: datetime | None, until: datetime | None, column: str = "ts") -> list[str]:
+def ts_literal(d: datetime) -> str:
+    """A DateTime64(3, 'UTC') literal for a Python datetime (naive means UTC)."""
+    d = d.astimezone(UTC) if d.tzinfo else d
+    return f"toDateTime64({quote(d.strftime('%Y-%m-%d %H:%M:%S.%f')[:23])}, 3, 'UTC')"
+
+
+def time_range(since: datetime | None, until: datetime | None, column: str = "ts") -> list[str]:
     """SQL conditions keeping ``column`` (a DateTime64) in [since, until)."""
-    where = []
-    if since:
-        where.append(f"{column} >= toDateTime64({quote(since.isoformat(sep=' ', timespec='seconds'))}, 3, 'UTC')")
-    if until:
-        where.append(f"{column} < toDateTime64({quote(until.isoformat(sep=' ', timespec='seconds'))}, 3, 'UTC')")
-    return where
+    return ([f"{column} >= {ts_literal(since)}"] if since else []) + \
+        ([f"{column} < {ts_literal(until)}"] if until else [])
 
 
 def property_sql(name: str) -> str:
@@ -65,7 +67,7 @@ def funnel_sql(steps: list[str], window: str, since: datetime | None = None, unt
     window_s = max(1, parse_duration_ms(window) // 1000)
     params = ", ".join([str(window_s), *(quote(m) for m in modes)])
     conds = ", ".join(f"event = {quote(s)}" for s in steps)
-    scope = _time_range(since, until)
+    scope = time_range(since, until)
     if where:
         scope.append(f"({where})")
     # strict_order stops a person's chain at any event that is not the next step, so it must see all their events;

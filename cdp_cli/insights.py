@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from cdp_cli.analytics import events_source, property_sql, quote
+from cdp_cli.analytics import events_source, property_sql, quote, time_range, ts_literal
 from rules.loader import parse_duration_ms
 
 MODELS = ("last_click", "first_click", "linear", "time_decay", "position_based")
@@ -29,12 +29,6 @@ DIRECT = ("(direct)", "(none)")
 NON_BEHAVIOUR_EVENTS = ("identify", "alias", "group")
 
 
-def _ts(d: datetime) -> str:
-    """A DateTime64(3, 'UTC') literal for a Python datetime (naive means UTC)."""
-    d = d.astimezone(UTC) if d.tzinfo else d
-    return f"toDateTime64({quote(d.strftime('%Y-%m-%d %H:%M:%S.%f')[:23])}, 3, 'UTC')"
-
-
 def _ms(d: datetime) -> int:
     return int((d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp() * 1000)
 
@@ -42,11 +36,6 @@ def _ms(d: datetime) -> int:
 def _and(*conds: str | None) -> str:
     kept = [f"({c})" for c in conds if c]
     return " AND ".join(kept) if kept else "1"
-
-
-def _in_range(column: str, since: datetime | None, until: datetime | None) -> str | None:
-    conds = ([f"{column} >= {_ts(since)}"] if since else []) + ([f"{column} < {_ts(until)}"] if until else [])
-    return " AND ".join(conds) or None
 
 
 def _names(events: Sequence[str]) -> str:
@@ -100,10 +89,10 @@ def attribution_sql(model: str = "last_click", conversion: str = "order_paid", l
     src = events_source(merge_aware)
     keys = "source, medium, campaign" if by_campaign else "source, medium"
     direct = f"[({quote(DIRECT[0])}, {quote(DIRECT[1])}, '', 1.)]"
-    conversions = _and(f"event = {quote(conversion)}", _in_range("ts", since, until), where)
+    conversions = _and(f"event = {quote(conversion)}", *time_range(since, until), where)
     # Touchpoints can precede the first conversion in range by up to the lookback.
     tp_since = datetime.fromtimestamp((_ms(since) - lookback_ms) / 1000, UTC) if since else None
-    touchpoints = _and("campaign_source != ''", _in_range("ts", tp_since, until), where)
+    touchpoints = _and("campaign_source != ''", *time_range(tp_since, until), where)
     return (
         f"WITH conversions AS ("
         f" SELECT message_id AS conversion_id, oneid, toUnixTimestamp64Milli(ts) AS ms,"
@@ -142,7 +131,8 @@ def roi_sql(model: str = "last_click", conversion: str = "order_paid", lookback:
     keys = "source, medium, campaign" if by_campaign else "source, medium"
     attributed = attribution_sql(model, conversion, lookback, half_life, since, until, by_campaign,
                                  merge_aware=merge_aware, where=where)
-    days = _and(f"day >= toDate({_ts(since)})" if since else None, f"day < toDate({_ts(until)})" if until else None)
+    days = _and(f"day >= toDate({ts_literal(since)})" if since else None,
+                f"day < toDate({ts_literal(until)})" if until else None)
     costs = (f"SELECT toString(source) AS source, toString(medium) AS medium,"
              f"{' campaign,' if by_campaign else ''} 0. AS conversions, 0. AS revenue, sum(cost) AS cost"
              f" FROM cdp.channel_costs FINAL WHERE {days} GROUP BY {keys}")
@@ -205,7 +195,7 @@ def abtest_sql(experiment: str, conversion: str = "order_paid", window: str = "7
     src = events_source(merge_aware)
     variant = property_sql("variation_id")
     exposures = _and("event = 'experiment_viewed'", f"{property_sql('experiment_id')} = {quote(experiment)}", where)
-    first_in_range = _in_range("first_exposed", since, until)
+    first_in_range = " AND ".join(time_range(since, until, "first_exposed")) or None
     conversions = _and(f"event = {quote(conversion)}", where)
     return (
         f"WITH exposed AS ("
@@ -317,7 +307,7 @@ def rfm_persons_sql(as_of: datetime, period: str = "365d", conversion: str = "or
     how many; monetary = sum of properties.amount (rounded to cents). Higher scores are better (recent, often,
     much). Scores rank persons against each other, so ``segment`` (only its persons) filters after scoring."""
     since = datetime.fromtimestamp((_ms(as_of) - parse_duration_ms(period)) / 1000, UTC)
-    cond = _and(f"event = {quote(conversion)}", _in_range("ts", since, as_of), where)
+    cond = _and(f"event = {quote(conversion)}", *time_range(since, as_of), where)
     named = "multiIf(" + ", ".join(
         f"r IN ({', '.join(map(str, rs))}) AND fm IN ({', '.join(map(str, fms))}), {quote(name)}"
         for name, rs, fms in RFM_SEGMENTS) + ", '')"
@@ -326,7 +316,7 @@ def rfm_persons_sql(as_of: datetime, period: str = "365d", conversion: str = "or
         f" {named} AS segment FROM ("
         f" SELECT *, {_score('recency_days', descending=True)} AS r, {_score('frequency')} AS f,"
         f" {_score('monetary')} AS m FROM ("
-        f" SELECT oneid, dateDiff('day', toDate(max(ts)), toDate({_ts(as_of)})) AS recency_days,"
+        f" SELECT oneid, dateDiff('day', toDate(max(ts)), toDate({ts_literal(as_of)})) AS recency_days,"
         f" count() AS frequency, round(sum(JSONExtractFloat(properties, 'amount')), 2) AS monetary"
         f" FROM {events_source(merge_aware)} WHERE {cond} GROUP BY oneid))"
         f" ORDER BY r DESC, fm DESC, oneid"
@@ -369,7 +359,7 @@ def paths_sql(event: str, steps: int = 3, top: int = 20, window: str = "1d", dir
     # Only events that can be a step of an anchor in range: the range widened by the window.
     lo = datetime.fromtimestamp((_ms(since) - window_ms) / 1000, UTC) if since else None
     hi = datetime.fromtimestamp((_ms(until) + window_ms) / 1000, UTC) if until else None
-    cond = _and(f"event NOT IN ({_names(exclude)})" if exclude else None, _in_range("ts", lo, hi), where)
+    cond = _and(f"event NOT IN ({_names(exclude)})" if exclude else None, *time_range(lo, hi), where)
     anchor = _and(f"evs[j].3 = {quote(event)}",
                   f"evs[j].1 >= {_ms(since)}" if since else None, f"evs[j].1 < {_ms(until)}" if until else None)
     history = "arraySort(x -> (x.1, x.2), groupArray((toUnixTimestamp64Milli(ts), message_id, toString(event))))"

@@ -147,8 +147,7 @@ def cmd_funnel(args: argparse.Namespace) -> int:
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
     modes = [m.strip() for arg in args.mode or [] for m in arg.split(",") if m.strip()]
     try:
-        sql = funnel_sql(steps, args.window, _dt(args.since) if args.since else None,
-                         _dt(args.until) if args.until else None, mode=modes, breakdown=args.breakdown,
+        sql = funnel_sql(steps, args.window, *_range(args), mode=modes, breakdown=args.breakdown,
                          merge_aware=not args.no_merge)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -426,8 +425,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
     try:
         data = gather(lambda sql: query(s, sql, "JSONEachRow"), steps, args.window, args.period, args.periods,
-                      _dt(args.since) if args.since else None, _dt(args.until) if args.until else None,
-                      args.where, merge_aware=not args.no_merge, actions_where=args.actions_where)
+                      *_range(args), args.where, merge_aware=not args.no_merge, actions_where=args.actions_where)
     except Exception as exc:  # a failed query is reported, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from cdp_cli.analytics import _time_range, events_source, funnel_sql, funnel_table, retention_sql
+from cdp_cli.analytics import events_source, funnel_sql, funnel_table, retention_sql, time_range
 
 CHANNEL_COLOURS = {"sms": "#2b6cb0", "email": "#2f855a", "push": "#b7791f", "wechat": "#319795", "crm": "#805ad5",
                    "webhook": "#718096"}
@@ -60,17 +60,17 @@ def gather(run: Any, steps: list[str], window: str = "1d", period: str = "week",
     settings, or a sink's ``query``). ``since``/``until`` bound event time, action creation and feedback time;
     ``where`` (SQL over cdp.events columns) narrows the events, ``actions_where`` (over cdp.actions columns) the
     actions and their feedback."""
-    event_scope = _time_range(since, until, "ts") + ([where] if where else [])
+    event_scope = time_range(since, until, "ts") + ([where] if where else [])
     events_where = " AND ".join(f"({c})" for c in event_scope) or None
     levels = {int(r["level"]): int(r["persons"])
               for r in _rows(run, funnel_sql(steps, window, since, until, merge_aware=merge_aware, where=where))}
     retention = [(str(r["cohort"])[:10], int(r["k"]), int(r["persons"])) for r in _rows(
         run, retention_sql(period, periods, where=events_where, merge_aware=merge_aware))]
-    action_scope = _time_range(since, until, "created_at") + ([actions_where] if actions_where else [])
+    action_scope = time_range(since, until, "created_at") + ([actions_where] if actions_where else [])
     actions = [(str(r["day"]), str(r["channel"]), int(r["actions"])) for r in _rows(run, (
         "SELECT toString(toDate(created_at)) AS day, channel, count() AS actions FROM cdp.actions FINAL"
         f"{_where(action_scope)} GROUP BY day, channel ORDER BY day, channel"))]
-    feedback_scope = _time_range(since, until, "at") + (
+    feedback_scope = time_range(since, until, "at") + (
         [f"action_id IN (SELECT action_id FROM cdp.actions WHERE {actions_where})"] if actions_where else [])
     # Actions per day and reported status (a sender may report a status twice: the action counts once).
     feedback = [(str(r["day"]), str(r["status"]), int(r["actions"])) for r in _rows(run, (
