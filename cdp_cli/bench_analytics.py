@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,14 +117,10 @@ def funnel_bench(events: int, path: str, repeats: int = 2) -> dict[str, Any]:
     target = Path(path)
     if target.exists():
         shutil.rmtree(target)
-    proc = subprocess.run(
-        [sys.executable, "-m", "cdp_cli.bench_analytics", "--events", str(events), "--path", str(target),
-         "--repeats", str(repeats)],
-        capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"analytics bench failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    from cdp_cli.ops import run_json_module
+
+    return run_json_module("cdp_cli.bench_analytics",
+                           ["--events", str(events), "--path", str(target), "--repeats", str(repeats)])
 
 
 def main(argv: list[str] | None = None) -> int:

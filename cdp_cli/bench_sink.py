@@ -11,8 +11,6 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,14 +49,10 @@ def sink_rates(rows: list[bytes], workdir: Path, batch_rows: int, small_rows: in
     db = workdir / "sink-bench-clickhouse"
     if db.exists():
         shutil.rmtree(db)
-    proc = subprocess.run(
-        [sys.executable, "-m", "cdp_cli.bench_sink", "--rows", str(rows_file), "--path", str(db),
-         "--batch-rows", str(batch_rows), "--small-rows", str(small_rows)],
-        capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"sink bench failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    from cdp_cli.ops import run_json_module
+
+    return run_json_module("cdp_cli.bench_sink", ["--rows", str(rows_file), "--path", str(db),
+                                                  "--batch-rows", str(batch_rows), "--small-rows", str(small_rows)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -294,3 +294,13 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_json_module(module: str, args: list[str]) -> dict[str, Any]:
+    """``python -m module args`` in a child process (benchmarks that need their own, e.g. for their own chDB
+    database) and the JSON object its last line of output holds."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result: dict[str, Any] = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    return result
