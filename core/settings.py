@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # ... and, while the ingest is caught up (live traffic), at most this often per partition: the most an event
     # waits for its insert, and so for the actions it fires.
     sink_flush_ms: int = Field(default=200, ge=0)
+    # Person stage: most person states kept decoded in memory beyond those being written (least recently used
+    # go first); a person not among them is read from the table again.
+    state_cache_persons: int = Field(default=50_000, ge=0)
     # Kafka security, passed through to every client.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None

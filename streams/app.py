@@ -175,7 +175,8 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
 
     state = TableState(table, None)
     stage = PersonStage(rules, state, sink, send_action, settings.partitions, settings.person_events_topic,
-                        int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes)
+                        int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes,
+                        settings.state_cache_persons)
 
     @app.agent(person_topic, name="persons")
     async def persons(stream: faust.StreamT) -> None:

@@ -55,11 +55,13 @@ class Effects:
     token: str  # ClickHouse insert deduplication token: topic:partition:offset range
     event_lines: list[bytes]
     actions: list[tuple[str, str, dict[str, Any]]]
-    states: dict[str, bytes]
+    # The persons it touched, as objects while the batch is open; encoded once per person when it closes.
+    persons: dict[str, PersonState]
     cpu_s: float
     entries: int = 0  # events the envelope carried (duplicates included)
     flush: bool = True
     envelopes: int = 1
+    states: dict[str, bytes] = field(default_factory=dict)  # encoded persons, to write
 
 
 def merge_effects(batch: SinkBatch, topic: str) -> Effects:
@@ -71,12 +73,12 @@ def merge_effects(batch: SinkBatch, topic: str) -> Effects:
         return fx
     lines: list[bytes] = []
     actions: list[tuple[str, str, dict[str, Any]]] = []
-    states: dict[str, bytes] = {}
+    persons: dict[str, PersonState] = {}
     for fx in parts:
         lines.extend(fx.event_lines)
         actions.extend(fx.actions)
-        states.update(fx.states)
-    return Effects(parts[-1].seq, batch.partition, batch.token(topic), lines, actions, states,
+        persons.update(fx.persons)
+    return Effects(parts[-1].seq, batch.partition, batch.token(topic), lines, actions, persons,
                    sum(fx.cpu_s for fx in parts), batch.entries, parts[-1].flush, len(parts))
 
 
@@ -93,7 +95,7 @@ class StageStats:
 class PersonStage:
     def __init__(self, rules: RuleSet, store: StateStore, sink: ClickHouseSink | None, send_action: ActionSender,
                  partitions: int, topic: str, dedupe_window_ms: int = 7 * 86_400_000,
-                 batch_rows: int = 20_000, batch_envelopes: int = 50):
+                 batch_rows: int = 20_000, batch_envelopes: int = 50, cache_persons: int = 50_000):
         self.rules = rules
         self.store = store
         self.sink = sink
@@ -105,8 +107,13 @@ class PersonStage:
         self.timers = TimerQueue()
         self.stats = StageStats()
         self._timers_loaded = False
-        # Person states computed by envelopes whose effects are not written yet: pk -> (envelope seq, state).
-        self._inflight: dict[str, tuple[int, PersonState]] = {}
+        # Person states as objects, least recently used first: pk -> (seq of the last envelope that changed it,
+        # partition, state). It holds every state computed by envelopes whose effects are not written yet (the
+        # table is behind for those) and, up to ``cache_persons``, recently written ones, so a returning person
+        # is not read and decoded again. Only this stage writes its partitions' states, so an entry stays true
+        # until the partition is read again or leaves this worker; both drop the partition's entries.
+        self._cache: dict[str, tuple[int, int, PersonState]] = {}
+        self.cache_persons = cache_persons
         self._seq = 0
         self.batches = BatchCutter(batch_rows, batch_envelopes)
         self._last_offset: dict[int, int] = {}  # partition -> last envelope offset processed
@@ -121,6 +128,9 @@ class PersonStage:
         if assigned is not None:
             for p in [p for p in self.batches.open if p not in assigned]:
                 self.reset_partition(p)
+            gone = {p for _, p, _ in self._cache.values() if p not in assigned}
+            if gone:
+                self._cache = {pk: v for pk, v in self._cache.items() if v[1] not in gone}
 
     def rewound(self, partition: int, offset: int) -> bool:
         """An envelope at or before one already processed: the partition is being read again from its commit."""
@@ -132,8 +142,7 @@ class PersonStage:
         computed. Call only when no batch of the partition is waiting to be carried out."""
         self.batches.discard(partition)
         self._last_offset.pop(partition, None)
-        for pk in [pk for pk in self._inflight if partition_for(pk, self.partitions) == partition]:
-            del self._inflight[pk]
+        self._cache = {pk: v for pk, v in self._cache.items() if v[1] != partition}
 
     def take(self, partition: int, offset: int, value: bytes, handle: Any) -> tuple[Effects, list[Any]] | None:
         """Process one envelope; when it closes its partition's sink batch, the batch's effects and the handles
@@ -143,7 +152,11 @@ class PersonStage:
         batch = self.batches.add(partition, offset, fx.entries, fx.flush, (fx, handle))
         if batch is None:
             return None
-        return merge_effects(batch, self.topic), [h for _, h in batch.items]
+        merged = merge_effects(batch, self.topic)
+        # Encoded now, before any later envelope changes these objects: the state as of the batch's end, once
+        # per person per batch however many of its envelopes touched them.
+        merged.states = {pk: st.to_bytes() for pk, st in merged.persons.items()}
+        return merged, [h for _, h in batch.items]
 
     def _load_timers(self) -> None:
         self.timers.clear()
@@ -158,10 +171,10 @@ class PersonStage:
     def _state(self, states: dict[str, PersonState], partition: int, pk: str) -> PersonState:
         st = states.get(pk)
         if st is None:
-            # The newest state is the one an envelope still in flight computed, else the table's.
-            pending = self._inflight.get(pk)
-            if pending is not None:
-                st = pending[1]
+            # The newest state is the cached one (it may be ahead of the table), else the table's.
+            cached = self._cache.get(pk)
+            if cached is not None:
+                st = cached[2]
             else:
                 raw = self.store.get(partition, pk.encode())
                 st = PersonState.from_bytes(raw) if raw is not None else PersonState.new(pk)
@@ -209,10 +222,12 @@ class PersonStage:
             if nxt is not None:
                 self.timers.schedule(partition, nxt, pk)
         self._seq += 1
+        cache = self._cache
         for pk, st in states.items():
-            self._inflight[pk] = (self._seq, st)
+            cache.pop(pk, None)  # to the most recently used end
+            cache[pk] = (self._seq, partition, st)
         return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", event_lines, actions,
-                       {pk: st.to_bytes() for pk, st in states.items()}, time.perf_counter() - t0,
+                       states, time.perf_counter() - t0,
                        len(env.entries), env.flush)
 
     async def complete(self, fx: Effects) -> None:
@@ -237,11 +252,15 @@ class PersonStage:
 
     async def _write_states(self, fx: Effects) -> None:
         await self.store.write(fx.partition, {pk.encode(): raw for pk, raw in fx.states.items()})
-        for pk in fx.states:
-            pending = self._inflight.get(pk)
-            # Batches complete in order: no envelope after this batch's last one touched this person.
-            if pending is not None and pending[0] <= fx.seq:
-                del self._inflight[pk]
+        # Entries are in the order they were last changed, so by envelope seq: evict from the old end, but never
+        # one a later envelope changed (its state is not written yet). Batches complete in order.
+        cache = self._cache
+        excess = len(cache) - self.cache_persons
+        if excess > 0:
+            for pk in [pk for pk, _ in zip(cache, range(excess), strict=False)]:
+                if cache[pk][0] > fx.seq:
+                    break
+                del cache[pk]
 
     async def _insert_until_done(self, token: str, event_lines: list[bytes], action_lines: list[bytes]) -> None:
         """Back-pressure: while ClickHouse fails, retry (same token, so no duplicates) and read nothing new."""
