@@ -30,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from core.rows import event_row_body
+
 ENVELOPE_VERSION = 2
 # Stay well under Kafka's default 1 MB message limit.
 MAX_ENVELOPE_BYTES = 700_000
@@ -87,9 +89,7 @@ class Entry:
     def row(self) -> bytes:
         """The ClickHouse row without its OneID (``core.rows.with_oneid`` completes it)."""
         if self._row is None:
-            from core.rows import event_row_body
-
-            self._row = event_row_body(self.event, self.ts, self.rcv, self.src)
+                    self._row = event_row_body(self.event, self.ts, self.rcv, self.src)
         return self._row
 
     def __repr__(self) -> str:
@@ -109,8 +109,6 @@ class Envelope:
 def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
                  event: dict[str, Any] | bytes, flags: list[str] | None = None) -> bytes:
     """One entry's three lines; ``event`` is the validated event's dict (or its JSON)."""
-    from core.rows import event_row_body
-
     ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
     mid, digest, name, needs_body = _summary(ev)
     meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, digest, name, needs_body, flags or 0])

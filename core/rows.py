@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from core.envelope import Entry
 from core.ids import mask
+
+if TYPE_CHECKING:  # core.envelope imports this module to build rows
+    from core.envelope import Entry
 
 # Identifier fields of an event that are masked in the events table.
 _ID_FIELDS = (("user_id", "user_id"), ("anonymous_id", "anonymous_id"))
