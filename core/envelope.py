@@ -168,10 +168,19 @@ def decode_entry(raw: bytes) -> Entry:
     return _entry(orjson.loads(meta), body, row)
 
 
+_new_entry = object.__new__
+
+
 def _entry(meta: list[Any], body: bytes, row: bytes) -> Entry:
-    pk, ts, rcv, rp, ro, mid, digest, name, needs_body, flags = meta
-    return Entry(pk, ts, rcv, (rp, ro), None, tuple(flags) if flags else (),
-                 meta=(mid, digest, name, needs_body), body=body, row=row)
+    # What ``Entry(...)`` would do, at half the cost: it runs for every event the person stage reads.
+    en: Entry = _new_entry(Entry)
+    en.pk, en.ts, en.rcv, rp, ro, en.message_id, en.digest, en.name, en.needs_body, flags = meta
+    en.src = (rp, ro)
+    en.flags = tuple(flags) if flags else ()
+    en._event = None
+    en._body = body
+    en._row = row
+    return en
 
 
 def decode_envelope(raw: bytes) -> Envelope:
@@ -184,9 +193,23 @@ def decode_envelope(raw: bytes) -> Envelope:
     n = head["n"]
     if len(lines) != 2 + 2 * n:
         raise ValueError(f"envelope says {n} events but holds {len(lines) - 2} lines")
-    entries = tuple(_entry(meta, lines[i], lines[i + 1]) for i, meta in zip(range(2, len(lines), 2),
-                                                                          orjson.loads(lines[1]), strict=True))
-    return Envelope(source=head["src"], watermark=int(head["wm"]), entries=entries, flush=head["fl"])
+    metas = orjson.loads(lines[1])
+    if len(metas) != n:
+        raise ValueError(f"envelope says {n} events but holds {len(metas)} metas")
+    # ``_entry`` written out: this loop runs for every event the person stage reads.
+    entries = []
+    i = 2
+    for pk, ts, rcv, rp, ro, mid, digest, name, needs_body, flags in metas:
+        en: Entry = _new_entry(Entry)
+        en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body = \
+            pk, ts, rcv, (rp, ro), mid, digest, name, needs_body
+        en.flags = tuple(flags) if flags else ()
+        en._event = None
+        en._body = lines[i]
+        en._row = lines[i + 1]
+        entries.append(en)
+        i += 2
+    return Envelope(source=head["src"], watermark=int(head["wm"]), entries=tuple(entries), flush=head["fl"])
 
 
 def _decode_v1(d: dict[str, Any]) -> Envelope:

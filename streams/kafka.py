@@ -59,3 +59,14 @@ async def ensure_topics(s: Settings, names: list[str] | None = None) -> None:
                 pass  # another worker won the race
     finally:
         await admin.close()
+
+
+
+def faust_broker_url(s: Settings) -> str:
+    """Faust's broker URL, through our aiokafka transport (streams.faust_transport), registered by scheme."""
+    from faust.transport.drivers import TRANSPORTS
+
+    from streams.faust_transport import SCHEME
+
+    TRANSPORTS.aliases.setdefault(SCHEME, "streams.faust_transport:Transport")
+    return f"{SCHEME}://{s.kafka_bootstrap}"

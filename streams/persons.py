@@ -24,7 +24,7 @@ from core.batching import BatchCutter, SinkBatch
 from core.envelope import Entry, decode_envelope
 from core.ids import partition_for
 from core.person import PersonState, apply_events, fire_due
-from core.rows import action_row, event_row
+from core.rows import action_row, event_rows
 from core.timers import TimerQueue, WatermarkTracker
 from rules.loader import RuleSet
 from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS, ClickHouseSink
@@ -204,7 +204,7 @@ class PersonStage:
             st = self._state(states, partition, pk)
             before = st.next_deadline()
             res = apply_events(st, entries, self.rules, self.dedupe_window_ms)
-            event_lines.extend(event_row(en, st.oneid) for en in res.accepted)
+            event_lines += event_rows(res.accepted, st.oneid)
             self.stats.duplicates += res.duplicates
             metrics.duplicates.inc(res.duplicates)
             self._count_dropped(res.dropped)

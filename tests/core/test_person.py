@@ -1,3 +1,4 @@
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,3 +88,15 @@ def test_state_survives_serialisation_and_order_of_arrival_does_not_matter(evs):
         apply_events(b, [en], RULES)
     assert a.n_events == b.n_events == len({mid for _, _, mid in evs})
     assert PersonState.from_bytes(a.to_bytes()) == a
+
+
+def test_a_state_written_by_the_previous_version_still_reads():
+    """Workers upgraded in place read the states their predecessors wrote (version 1: a JSON object)."""
+    state = fresh()
+    apply_events(state, [entry("add_to_cart", T0, "m1"), entry("product_view", T0 + 5, "m2")], RULES)
+    v1 = orjson.dumps({
+        "v": 1, "oneid": state.oneid, "key": state.key, "n": state.n_events, "first": state.first_ts,
+        "last": state.last_ts, "counts": state.counts, "last_seen": state.last_seen, "contacts": state.contacts,
+        "seen": state.seen, "pending": {r: (p.since, p.deadline, p.message_id) for r, p in state.pending.items()},
+        "fired": state.fired})
+    assert state.pending and PersonState.from_bytes(v1) == state
