@@ -28,23 +28,31 @@ def event_row_body(ev: dict[str, Any], ts: int, rcv: int, src: tuple[int, int]) 
     campaign = (ev.get("context") or _EMPTY).get("campaign")
     if not isinstance(campaign, dict):
         campaign = _EMPTY
-    return orjson.dumps({
+    row: dict[str, Any] = {
         "message_id": ev["message_id"],
         "type": t,
         "event": (ev.get("event") or t) if t == "track" else t,
-        "name": ev.get("name") or "",
         # DateTime64 columns take seconds with a fraction
         "ts": ts / 1000,
         "received_at": rcv / 1000,
         # An object: ClickHouse stores its text in the String column (sinks.clickhouse's insert settings).
         "properties": ev.get("properties") or _EMPTY,
-        "identities": ids,
         "raw_partition": src[0],
         "raw_offset": src[1],
-        "campaign_source": campaign.get("source") or "",
-        "campaign_medium": campaign.get("medium") or "",
-        "campaign_name": campaign.get("name") or "",
-    })
+    }
+    # Empty columns are left out (ClickHouse fills in their defaults: '' and {}): most events have no name,
+    # campaign or identifiers beyond the anonymous id, and every byte left out is neither carried nor parsed.
+    if ids:
+        row["identities"] = ids
+    name = ev.get("name")
+    if name:
+        row["name"] = name
+    if campaign:
+        for k in ("source", "medium", "name"):
+            v = campaign.get(k)
+            if v:
+                row[f"campaign_{k}"] = v
+    return orjson.dumps(row)
 
 
 def with_oneid(row: bytes, oneid: str) -> bytes:
