@@ -179,18 +179,28 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         lines = bench_events(events, users)
         one = _pipeline_rate(lines, tmp, port, split=False)
         s = one["settings"]
-        raw_eps = asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines)))
-        split = _pipeline_rate(lines, tmp, port + 5, split=True)
+        # The machine is shared and a single run of either side can be slowed by other work: both sides are
+        # measured more than once, interleaved, and each side's best run counts (the raw consumer's best is the
+        # hardest baseline to compare against).
+        raws = [asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines)))]
+        splits = []
+        for i in range(2):
+            splits.append(_pipeline_rate(lines, tmp, port + 5 * (i + 1), split=True))
+            raws.append(asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines))))
+        raw_eps = max(raws)
+        split = max(splits, key=lambda r: r["eps"])
         best = max(one["eps"], split["eps"])
         result: dict[str, Any] = {
             "events": len(lines),
             "raw_consume_eps": round(raw_eps),
             "pipeline_eps": round(best),
             "ratio": round(best / raw_eps, 3),
+            "raw_consume_eps_runs": [round(r) for r in raws],
             "pipeline_eps_one_process": round(one["eps"]),
             "pipeline_eps_ingest_and_persons_processes": round(split["eps"]),
-            "events_in_clickhouse": [one["counted"], split["counted"]],
-            "unique_in_clickhouse": [one["unique"], split["unique"]],
+            "pipeline_eps_ingest_and_persons_processes_runs": [round(r["eps"]) for r in splits],
+            "events_in_clickhouse": [one["counted"], *(r["counted"] for r in splits)],
+            "unique_in_clickhouse": [one["unique"], *(r["unique"] for r in splits)],
             "envelopes": one["envelopes"],
             "partitions": s.partitions,
         }
@@ -201,7 +211,7 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         result["sink_batch_rows"] = sink["batched_batch_rows"]
         result["sink_rows_per_s_1000_row_inserts"] = sink["per_envelope_rows_per_s"]
         result["sink_batching_ratio"] = round(sink["batched_rows_per_s"] / sink["per_envelope_rows_per_s"], 2)
-        col = collector_rates(lines[:50_000], tmp, port + 10)
+        col = collector_rates(lines[:50_000], tmp, port + 15)
         result["collector_accepted_eps"] = round(col["collector_eps"])
         result["raw_produce_eps"] = round(col["produce_eps"])
         result["collector_ratio"] = round(col["collector_eps"] / col["produce_eps"], 3)
