@@ -86,9 +86,10 @@ def clean_event(ev: dict[str, Any], blocked: dict[str, frozenset[str]], dropped:
                 dropped[f] += 1
             else:
                 ev[f] = v
-    app_id = app_id_of(ev)
     ids = ev.get("identities")
     if ids:
+        # Only openids are scoped by their app; most events carry none.
+        app_id = app_id_of(ev) if any(t in OPENID_TYPES for t in ids) else None
         out = {}
         for t, raw in ids.items():
             v = normalize_identifier(t, raw, app_id)

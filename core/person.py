@@ -99,12 +99,16 @@ class PersonResult:
     dropped: list[Dropped] = field(default_factory=list)
 
 
+def _event_time(en: Entry) -> int:
+    return en.ts
+
+
 def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
                  dedupe_window_ms: int = DEDUPE_WINDOW_MS) -> PersonResult:
     """Fold one person's new events into their state. Out-of-order events are handled by event time."""
     res = PersonResult(state=state)
     triggers = rules.active_triggers
-    for en in sorted(entries, key=lambda x: x.ts):
+    for en in sorted(entries, key=_event_time) if len(entries) > 1 else entries:
         mid = en.digest
         if mid in state.seen:
             res.duplicates += 1
