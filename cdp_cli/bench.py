@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from cdp_cli.generate import generate
 from cdp_cli.ops import WorkerProcess, publish_lines, query, wait_http
 from core.settings import Settings
-from streams.kafka import client_kwargs, topic_partitions
+from streams.kafka import client_kwargs, delete_topics, topic_partitions
 
 
 def bench_events(n: int, users: int, seed: int = 42) -> list[bytes]:
@@ -73,10 +73,10 @@ def faust_agent_rate(s: Settings, topic: str, n: int, datadir: Path) -> int | No
     return None
 
 
-def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool) -> dict[str, Any]:
+def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: str) -> dict[str, Any]:
     """Publish the events under a fresh prefix and time the pipeline over them: one worker running both stages,
     or (``split``) an ingest-only worker beside a person-stage worker, the two using both cores."""
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    prefix = f"{run}{uuid.uuid4().hex[:4]}"
     base = {"CDP_TOPIC_PREFIX": prefix, "CDP_CLICKHOUSE_URL": f"chdb://{tmp / prefix / 'clickhouse'}",
             "CDP_LOG_LEVEL": "WARNING"}
     persons_env = {**base, "CDP_DATA_DIR": str(tmp / prefix / "persons"), "CDP_WEB_PORT": str(port),
@@ -129,13 +129,13 @@ async def _post_batches(url: str, lines: list[bytes], batch: int, concurrency: i
         await asyncio.gather(*(client() for _ in range(concurrency)))
 
 
-def collector_rates(lines: list[bytes], tmp: Path, port: int) -> dict[str, float]:
+def collector_rates(lines: list[bytes], tmp: Path, port: int, run: str) -> dict[str, float]:
     """Events/s the collector accepts (HTTP batches of 100, 8 clients, answered after Kafka's acks) and, in the
     same run, the rate of producing the same events straight to Kafka with the same acks."""
     import subprocess
     import sys
 
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    prefix = f"{run}{uuid.uuid4().hex[:4]}"
     s = Settings(topic_prefix=prefix, web_port=port)
     t0 = time.perf_counter()
     asyncio.run(publish_lines(s, lines))
@@ -175,9 +175,10 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
               faust_baseline: bool = False, analytics_events: int = 0) -> dict[str, Any]:
     port = Settings().web_port + 17
     tmp = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
+    run = f"bench{uuid.uuid4().hex[:6]}"  # every topic of this run starts with it
     try:
         lines = bench_events(events, users)
-        one = _pipeline_rate(lines, tmp, port, split=False)
+        one = _pipeline_rate(lines, tmp, port, split=False, run=run)
         s = one["settings"]
         # The machine is shared and a single run of either side can be slowed by other work: both sides are
         # measured more than once, interleaved, and each side's best run counts (the raw consumer's best is the
@@ -185,7 +186,7 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         raws = [asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines)))]
         splits = []
         for i in range(2):
-            splits.append(_pipeline_rate(lines, tmp, port + 5 * (i + 1), split=True))
+            splits.append(_pipeline_rate(lines, tmp, port + 5 * (i + 1), split=True, run=run))
             raws.append(asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines))))
         raw_eps = max(raws)
         split = max(splits, key=lambda r: r["eps"])
@@ -211,7 +212,7 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         result["sink_batch_rows"] = sink["batched_batch_rows"]
         result["sink_rows_per_s_1000_row_inserts"] = sink["per_envelope_rows_per_s"]
         result["sink_batching_ratio"] = round(sink["batched_rows_per_s"] / sink["per_envelope_rows_per_s"], 2)
-        col = collector_rates(lines[:50_000], tmp, port + 15)
+        col = collector_rates(lines[:50_000], tmp, port + 15, run)
         result["collector_accepted_eps"] = round(col["collector_eps"])
         result["raw_produce_eps"] = round(col["produce_eps"])
         result["collector_ratio"] = round(col["collector_eps"] / col["produce_eps"], 3)
@@ -233,3 +234,6 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
+            # A run leaves ~60 topics (a few hundred partitions) behind otherwise; hundreds of runs slow the
+            # broker down.
+            asyncio.run(delete_topics(Settings(), run))

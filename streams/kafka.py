@@ -62,6 +62,21 @@ async def ensure_topics(s: Settings, names: list[str] | None = None) -> None:
 
 
 
+async def delete_topics(s: Settings, prefix: str) -> int:
+    """Delete every topic whose name starts with ``prefix`` (a benchmark's or a test's own); returns how many."""
+    if not prefix:
+        raise ValueError("refusing to delete every topic")
+    admin = AIOKafkaAdminClient(**client_kwargs(s), request_timeout_ms=30000)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        for i in range(0, len(names), 100):
+            await admin.delete_topics(names[i:i + 100])
+        return len(names)
+    finally:
+        await admin.close()
+
+
 def faust_broker_url(s: Settings) -> str:
     """Faust's broker URL, through our aiokafka transport (streams.faust_transport), registered by scheme."""
     from faust.transport.drivers import TRANSPORTS

@@ -15,6 +15,7 @@ import pytest
 
 from cdp_cli.ops import WorkerProcess
 from core.settings import Settings
+from streams.kafka import delete_topics
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +60,10 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     try:
         yield Deployment(Settings(), env, tmp_path)
     finally:
+        try:  # the broker outlives the test: leave no topics behind on it
+            asyncio.run(delete_topics(Settings(), env["CDP_TOPIC_PREFIX"]))
+        except Exception as exc:  # a test that stopped the broker: nothing to clean
+            print(f"topics of {env['CDP_TOPIC_PREFIX']} not deleted: {exc!r}")
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
