@@ -109,10 +109,12 @@ class PersonStage:
         self._timers_loaded = False
         # Person states as objects, least recently used first: pk -> (seq of the last envelope that changed it,
         # partition, state). It holds every state computed by envelopes whose effects are not written yet (the
-        # table is behind for those) and, up to ``cache_persons``, recently written ones, so a returning person
-        # is not read and decoded again. Only this stage writes its partitions' states, so an entry stays true
-        # until the partition is read again or leaves this worker; both drop the partition's entries.
+        # table is behind for those: ``_unwritten``, pk -> that seq) and, up to ``cache_persons``, recently
+        # written ones, so a returning person is not read and decoded again. Only this stage writes its
+        # partitions' states, so an entry stays true until the partition is read again or leaves this worker;
+        # both drop the partition's entries.
         self._cache: dict[str, tuple[int, int, PersonState]] = {}
+        self._unwritten: dict[str, int] = {}
         self.cache_persons = cache_persons
         self._seq = 0
         self.batches = BatchCutter(batch_rows, batch_envelopes)
@@ -130,7 +132,7 @@ class PersonStage:
                 self.reset_partition(p)
             gone = {p for _, p, _ in self._cache.values() if p not in assigned}
             if gone:
-                self._cache = {pk: v for pk, v in self._cache.items() if v[1] not in gone}
+                self._forget(lambda p: p in gone)
 
     def rewound(self, partition: int, offset: int) -> bool:
         """An envelope at or before one already processed: the partition is being read again from its commit."""
@@ -142,7 +144,11 @@ class PersonStage:
         computed. Call only when no batch of the partition is waiting to be carried out."""
         self.batches.discard(partition)
         self._last_offset.pop(partition, None)
-        self._cache = {pk: v for pk, v in self._cache.items() if v[1] != partition}
+        self._forget(lambda p: p == partition)
+
+    def _forget(self, partition_gone: Callable[[int], bool]) -> None:
+        self._cache = {pk: v for pk, v in self._cache.items() if not partition_gone(v[1])}
+        self._unwritten = {pk: seq for pk, seq in self._unwritten.items() if pk in self._cache}
 
     def take(self, partition: int, offset: int, value: bytes, handle: Any) -> tuple[Effects, list[Any]] | None:
         """Process one envelope; when it closes its partition's sink batch, the batch's effects and the handles
@@ -226,10 +232,11 @@ class PersonStage:
             if nxt is not None:
                 self.timers.schedule(partition, nxt, pk)
         self._seq += 1
-        cache = self._cache
+        cache, unwritten = self._cache, self._unwritten
         for pk, st in states.items():
             cache.pop(pk, None)  # to the most recently used end
             cache[pk] = (self._seq, partition, st)
+            unwritten[pk] = self._seq
         return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", event_lines, actions,
                        states, time.perf_counter() - t0,
                        len(env.entries), env.flush)
@@ -256,14 +263,24 @@ class PersonStage:
 
     async def _write_states(self, fx: Effects) -> None:
         await self.store.write(fx.partition, {pk.encode(): raw for pk, raw in fx.states.items()})
-        # Entries are in the order they were last changed, so by envelope seq: evict from the old end, but never
-        # one a later envelope changed (its state is not written yet). Batches complete in order.
+        unwritten = self._unwritten
+        for pk in fx.states:
+            # Batches of a partition complete in order: unless a later envelope changed the person again, the
+            # table now holds their state.
+            if unwritten.get(pk, fx.seq + 1) <= fx.seq:
+                del unwritten[pk]
         cache = self._cache
         excess = len(cache) - self.cache_persons
         if excess > 0:
-            for pk in [pk for pk, _ in zip(cache, range(excess), strict=False)]:
-                if cache[pk][0] > fx.seq:
-                    break
+            # Least recently used first, skipping states not written yet (another partition's open batch may
+            # hold them): the table is behind for those.
+            evict = []
+            for pk in cache:
+                if pk not in unwritten:
+                    evict.append(pk)
+                    if len(evict) == excess:
+                        break
+            for pk in evict:
                 del cache[pk]
 
     async def _insert_until_done(self, token: str, event_lines: list[bytes], action_lines: list[bytes]) -> None:

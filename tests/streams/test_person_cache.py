@@ -119,3 +119,28 @@ async def test_a_partition_that_left_this_worker_is_forgotten():
         await st.complete(fx)
     st.on_rebalance({0})
     assert f"user_id:{users[0]}" in st._cache and f"user_id:{users[1]}" not in st._cache
+
+
+async def test_an_open_batch_of_another_partition_keeps_its_states_when_one_is_written():
+    """Partition 1's batch is still open (not carried out) when partition 0's is written and the cache is over
+    its bound: partition 1's person must stay cached, or their next event would be folded into the stale state
+    from the table and the first one forgotten (counted twice if sent again)."""
+    store = MemoryStore()
+    st = PersonStage(RULES, store, None, no_actions, 2, "t", batch_rows=10_000, batch_envelopes=10,
+                     cache_persons=0)
+    users = {p: next(f"u{i}" for i in range(100) if partition_for(f"user_id:u{i}", 2) == p) for p in (0, 1)}
+
+    def unflushed(user: str, offset: int, batch: int) -> bytes:
+        ev = {"type": "track", "message_id": f"m-{batch}", "event": "product_view", "user_id": user}
+        entry = encode_entry(f"user_id:{user}", T0 + batch, T0, 0, offset, orjson.dumps(ev))
+        return encode_envelopes("test", T0, [entry], flush=False)[0]
+
+    assert st.take(1, 0, unflushed(users[1], 0, 1), None) is None  # partition 1: batch open
+    fx, _ = st.take(0, 0, envelope([users[0]], 0, 0), None)
+    await st.complete(fx)  # partition 0 written; the cache is over its bound of 0
+    assert f"user_id:{users[1]}" in st._cache
+    st.take(1, 1, unflushed(users[1], 1, 1), None)  # the same message again: a duplicate
+    fx, _ = st.take(1, 2, envelope([users[1]], 2, 2), None)  # closes partition 1's batch
+    await st.complete(fx)
+    assert st.stats.duplicates == 1 and state_of(store, users[1]).n_events == 2
+    assert not st._cache  # all written now: nothing kept beyond the bound
