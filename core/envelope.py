@@ -89,7 +89,7 @@ class Entry:
     def row(self) -> bytes:
         """The ClickHouse row without its OneID (``core.rows.with_oneid`` completes it)."""
         if self._row is None:
-                    self._row = event_row_body(self.event, self.ts, self.rcv, self.src)
+            self._row = event_row_body(self.event, self.ts, self.rcv, self.src)
         return self._row
 
     def __repr__(self) -> str:
