@@ -18,10 +18,9 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from core.settings import Settings
-from streams.kafka import client_kwargs, ensure_topics, topic_partitions
+from streams.kafka import admin_client, client_kwargs, ensure_topics, topic_partitions
 
 
 def _key_of(line: bytes) -> bytes | None:
@@ -71,13 +70,9 @@ async def end_offsets(s: Settings, topic: str) -> dict[int, int]:
 
 
 async def committed_offsets(s: Settings, group: str, topic: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(**client_kwargs(s))
-    await admin.start()
-    try:
+    async with admin_client(s) as admin:
         got = await admin.list_consumer_group_offsets(group)
         return {tp.partition: meta.offset for tp, meta in got.items() if tp.topic == topic and meta.offset >= 0}
-    finally:
-        await admin.close()
 
 
 async def _caught_up(s: Settings, group: str, topic: str, target: dict[int, int]) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -45,11 +47,19 @@ def pipeline_topics(s: Settings) -> list[str]:
             *(s.action_topic(c.value) for c in Channel)]
 
 
-async def ensure_topics(s: Settings, names: list[str] | None = None) -> None:
-    """Create the topics with ``CDP_PARTITIONS`` partitions if they do not exist yet (idempotent)."""
+@asynccontextmanager
+async def admin_client(s: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(**client_kwargs(s), request_timeout_ms=30000)
     await admin.start()
     try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(s: Settings, names: list[str] | None = None) -> None:
+    """Create the topics with ``CDP_PARTITIONS`` partitions if they do not exist yet (idempotent)."""
+    async with admin_client(s) as admin:
         existing = set(await admin.list_topics())
         todo = [n for n in (names or pipeline_topics(s)) if n not in existing]
         if todo:
@@ -57,24 +67,17 @@ async def ensure_topics(s: Settings, names: list[str] | None = None) -> None:
                 await admin.create_topics([NewTopic(n, s.partitions, 1) for n in todo])
             except TopicAlreadyExistsError:
                 pass  # another worker won the race
-    finally:
-        await admin.close()
-
 
 
 async def delete_topics(s: Settings, prefix: str) -> int:
     """Delete every topic whose name starts with ``prefix`` (a benchmark's or a test's own); returns how many."""
     if not prefix:
         raise ValueError("refusing to delete every topic")
-    admin = AIOKafkaAdminClient(**client_kwargs(s), request_timeout_ms=30000)
-    await admin.start()
-    try:
+    async with admin_client(s) as admin:
         names = [t for t in await admin.list_topics() if t.startswith(prefix)]
         for i in range(0, len(names), 100):
             await admin.delete_topics(names[i:i + 100])
         return len(names)
-    finally:
-        await admin.close()
 
 
 def faust_broker_url(s: Settings) -> str:

@@ -107,13 +107,13 @@ class PersonStage:
         self.timers = TimerQueue()
         self.stats = StageStats()
         self._timers_loaded = False
-        # Person states as objects, least recently used first: pk -> (seq of the last envelope that changed it,
-        # partition, state). It holds every state computed by envelopes whose effects are not written yet (the
-        # table is behind for those: ``_unwritten``, pk -> that seq) and, up to ``cache_persons``, recently
+        # Person states as objects, least recently used first: pk -> (partition, state). It holds every state
+        # computed by envelopes whose effects are not written yet (the table is behind for those:
+        # ``_unwritten``, pk -> seq of the last envelope that changed it) and, up to ``cache_persons``, recently
         # written ones, so a returning person is not read and decoded again. Only this stage writes its
         # partitions' states, so an entry stays true until the partition is read again or leaves this worker;
         # both drop the partition's entries.
-        self._cache: dict[str, tuple[int, int, PersonState]] = {}
+        self._cache: dict[str, tuple[int, PersonState]] = {}
         self._unwritten: dict[str, int] = {}
         self.cache_persons = cache_persons
         self._seq = 0
@@ -130,7 +130,7 @@ class PersonStage:
         if assigned is not None:
             for p in [p for p in self.batches.open if p not in assigned]:
                 self.reset_partition(p)
-            gone = {p for _, p, _ in self._cache.values() if p not in assigned}
+            gone = {p for p, _ in self._cache.values() if p not in assigned}
             if gone:
                 self._forget(lambda p: p in gone)
 
@@ -147,7 +147,7 @@ class PersonStage:
         self._forget(lambda p: p == partition)
 
     def _forget(self, partition_gone: Callable[[int], bool]) -> None:
-        self._cache = {pk: v for pk, v in self._cache.items() if not partition_gone(v[1])}
+        self._cache = {pk: v for pk, v in self._cache.items() if not partition_gone(v[0])}
         self._unwritten = {pk: seq for pk, seq in self._unwritten.items() if pk in self._cache}
 
     def take(self, partition: int, offset: int, value: bytes, handle: Any) -> tuple[Effects, list[Any]] | None:
@@ -180,7 +180,7 @@ class PersonStage:
             # The newest state is the cached one (it may be ahead of the table), else the table's.
             cached = self._cache.get(pk)
             if cached is not None:
-                st = cached[2]
+                st = cached[1]
             else:
                 raw = self.store.get(partition, pk.encode())
                 st = PersonState.from_bytes(raw) if raw is not None else PersonState.new(pk)
@@ -235,7 +235,7 @@ class PersonStage:
         cache, unwritten = self._cache, self._unwritten
         for pk, st in states.items():
             cache.pop(pk, None)  # to the most recently used end
-            cache[pk] = (self._seq, partition, st)
+            cache[pk] = (partition, st)
             unwritten[pk] = self._seq
         return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", event_lines, actions,
                        states, time.perf_counter() - t0,
