@@ -43,9 +43,12 @@ def event_name(ev: dict[str, Any]) -> str:
     return (ev.get("event") or t) if t == "track" else t
 
 
+_blake2b = hashlib.blake2b
+
+
 def message_digest(message_id: str) -> str:
     """Short, fixed-size form of a messageId for the per-person de-duplication set."""
-    return hashlib.blake2b(message_id.encode(), digest_size=8).hexdigest()
+    return _blake2b(message_id.encode(), digest_size=8).hexdigest()
 
 
 def _summary(ev: dict[str, Any]) -> tuple[str, str, str, bool]:
@@ -89,7 +92,7 @@ class Entry:
     def row(self) -> bytes:
         """The ClickHouse row without its OneID (``core.rows.with_oneid`` completes it)."""
         if self._row is None:
-            self._row = event_row_body(self.event, self.ts, self.rcv, self.src)
+            self._row = event_row_body(self.event, self.ts, self.rcv, *self.src)
         return self._row
 
     def __repr__(self) -> str:
@@ -108,12 +111,19 @@ class Envelope:
 
 def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
                  event: dict[str, Any] | bytes, flags: list[str] | None = None) -> bytes:
-    """One entry's three lines; ``event`` is the validated event's dict (or its JSON)."""
+    """One entry's three lines; ``event`` is the validated event's dict (or its JSON). Runs once per event in the
+    ingest, so ``_summary`` is written out here."""
     ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
-    mid, digest, name, needs_body = _summary(ev)
-    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, digest, name, needs_body, flags or 0])
-    body = orjson.dumps(ev) if needs_body or flags else b""
-    return b"\n".join((meta, body, event_row_body(ev, ts, rcv, (raw_partition, raw_offset))))
+    mid = ev["message_id"]
+    t = ev.get("type", "track")
+    needs_body = bool(ev.get("identities") or ev.get("traits"))
+    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid,
+                         _blake2b(mid.encode(), digest_size=8).hexdigest(),
+                         (ev.get("event") or t) if t == "track" else t, needs_body, flags or 0])
+    row = event_row_body(ev, ts, rcv, raw_partition, raw_offset)
+    if needs_body or flags:
+        return meta + b"\n" + orjson.dumps(ev) + b"\n" + row
+    return meta + b"\n\n" + row
 
 
 def _event_from_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ _MAINLAND = re.compile(r"^1[3-9]\d{9}$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 OPENID_TYPES = ("wechat_openid", "miniapp_openid")
+_EVENT_ID_FIELDS = ("user_id", "anonymous_id", "previous_id")
 
 
 def clean_id(value: Any) -> str | None:
@@ -78,14 +79,17 @@ def app_id_of(ev: dict[str, Any]) -> str | None:
 
 def clean_event(ev: dict[str, Any], blocked: dict[str, frozenset[str]], dropped: Counter[str]) -> None:
     """Normalise the identifiers of an event (a ``pipeline_dict``) in place; count what was dropped, by type."""
-    for f in ("user_id", "anonymous_id", "previous_id"):
-        if f in ev:
-            v = clean_id(ev[f])
-            if v is None or v in blocked.get(f, ()) or v in blocked.get("any", ()):
-                del ev[f]
-                dropped[f] += 1
-            else:
-                ev[f] = v
+    blocked_any = blocked.get("any", ())
+    for f in _EVENT_ID_FIELDS:
+        if f not in ev:
+            continue
+        raw = ev[f]
+        text = "" if raw is None else str(raw).strip()  # clean_id, written out: this runs for every event
+        if text.lower() in PLACEHOLDERS or text in blocked.get(f, ()) or text in blocked_any:
+            del ev[f]
+            dropped[f] += 1
+        else:
+            ev[f] = text
     ids = ev.get("identities")
     if ids:
         # Only openids are scoped by their app; most events carry none.

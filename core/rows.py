@@ -11,23 +11,17 @@ from core.ids import mask
 if TYPE_CHECKING:  # core.envelope imports this module to build rows
     from core.envelope import Entry
 
-# Identifier fields of an event that are masked in the events table.
-_ID_FIELDS = (("user_id", "user_id"), ("anonymous_id", "anonymous_id"))
 _EMPTY: dict[str, Any] = {}
+_CAMPAIGN_COLUMNS = (("source", "campaign_source"), ("medium", "campaign_medium"), ("name", "campaign_name"))
 
 
-def event_row_body(ev: dict[str, Any], ts: int, rcv: int, src: tuple[int, int]) -> bytes:
+def event_row_body(ev: dict[str, Any], ts: int, rcv: int, raw_partition: int, raw_offset: int) -> bytes:
     """An event's row, all but the OneID (the person stage adds it: ``with_oneid``). Built by the ingest, which
-    has the event decoded already and spare time, so the person stage only splices in the OneID."""
+    has the event decoded already and spare time, so the person stage only splices in the OneID.
+
+    It runs once per event, so it is written out rather than composed of helpers (``mask`` inlined for the
+    user and anonymous ids, which are masked as ``mask`` masks any identifier that is not a phone or email)."""
     t = ev.get("type", "track")
-    ids = {k: mask(k, v) for k, v in (ev.get("identities") or {}).items()}
-    for field_name, id_type in _ID_FIELDS:
-        if ev.get(field_name):
-            ids[id_type] = mask(id_type, ev[field_name])
-    # UTM data (Segment's context.campaign) makes the event a marketing touchpoint.
-    campaign = (ev.get("context") or _EMPTY).get("campaign")
-    if not isinstance(campaign, dict):
-        campaign = _EMPTY
     row: dict[str, Any] = {
         "message_id": ev["message_id"],
         "type": t,
@@ -37,21 +31,32 @@ def event_row_body(ev: dict[str, Any], ts: int, rcv: int, src: tuple[int, int]) 
         "received_at": rcv / 1000,
         # An object: ClickHouse stores its text in the String column (sinks.clickhouse's insert settings).
         "properties": ev.get("properties") or _EMPTY,
-        "raw_partition": src[0],
-        "raw_offset": src[1],
+        "raw_partition": raw_partition,
+        "raw_offset": raw_offset,
     }
     # Empty columns are left out (ClickHouse fills in their defaults: '' and {}): most events have no name,
     # campaign or identifiers beyond the anonymous id, and every byte left out is neither carried nor parsed.
+    given = ev.get("identities")
+    ids = {k: mask(k, v) for k, v in given.items()} if given else {}
+    v = ev.get("user_id")
+    if v:
+        ids["user_id"] = f"{v[:2]}***{v[-2:]}" if len(v) > 4 else v[:1] + "***"
+    v = ev.get("anonymous_id")
+    if v:
+        ids["anonymous_id"] = f"{v[:2]}***{v[-2:]}" if len(v) > 4 else v[:1] + "***"
     if ids:
         row["identities"] = ids
-    name = ev.get("name")
-    if name:
-        row["name"] = name
-    if campaign:
-        for k in ("source", "medium", "name"):
-            v = campaign.get(k)
+    v = ev.get("name")
+    if v:
+        row["name"] = v
+    # UTM data (Segment's context.campaign) makes the event a marketing touchpoint.
+    ctx = ev.get("context")
+    campaign = ctx.get("campaign") if ctx else None
+    if campaign and isinstance(campaign, dict):
+        for key, column in _CAMPAIGN_COLUMNS:
+            v = campaign.get(key)
             if v:
-                row[f"campaign_{k}"] = v
+                row[column] = v
     return orjson.dumps(row)
 
 

@@ -109,13 +109,20 @@ class ClickHouseSink:
                 applied_now.append(m)
         return applied_now
 
-    def insert_json(self, table: str, lines: list[bytes], columns: list[str], token: str | None = None) -> int:
-        """Insert JSONEachRow lines: encoding is orjson's, parsing ClickHouse's (far cheaper than row objects)."""
+    def insert_json(self, table: str, lines: list[bytes], columns: list[str], token: str | None = None,
+                    unique_keys: bool = False) -> int:
+        """Insert JSONEachRow lines: encoding is orjson's, parsing ClickHouse's (far cheaper than row objects).
+
+        ``unique_keys``: the caller guarantees that no two lines share the table's sorting key, so the insert
+        skips the ReplacingMergeTree's collapsing pass over the block (``optimize_on_insert``): 0.5 µs of CPU per
+        row measured. Rows of different inserts still collapse when parts merge and under FINAL."""
         if not lines:
             return 0
         settings = dict(_INSERT_SETTINGS)
         if token:
             settings["insert_deduplication_token"] = token
+        if unique_keys:
+            settings["optimize_on_insert"] = 0
         if self.embedded:
             # Embedded, ClickHouse shares the worker's cores: parsing one block on several threads only adds
             # their overhead (0.2-0.4 µs of CPU per row measured).

@@ -28,6 +28,7 @@ log = logging.getLogger("cdp.ingest")
 
 # Batches read ahead of their acknowledgements.
 INGEST_PIPELINE_DEPTH = 2
+INGEST_COMMIT_INTERVAL_S = 1.0
 
 
 class Ingest:
@@ -49,6 +50,8 @@ class Ingest:
         self._last_flush: dict[int, float] = {}
         self._unflushed: set[int] = set()
         self._unacked: deque[tuple[list[asyncio.Future[Any]], dict[TopicPartition, int]]] = deque()
+        self._acked: dict[TopicPartition, int] = {}  # acknowledged, not yet committed
+        self._last_commit = 0.0
 
     async def start(self) -> None:
         kw = client_kwargs(self.s)
@@ -72,7 +75,7 @@ class Ingest:
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self.consumer is not None and self._unacked:
+        if self.consumer is not None and (self._unacked or self._acked):
             try:
                 await self._commit_acknowledged(drain=True)
             except (KafkaError, CommitFailedError) as exc:
@@ -105,6 +108,7 @@ class Ingest:
                 # to the last committed offsets so nothing whose write failed is skipped.
                 log.warning("ingest: kafka error, re-reading from the last commit: %r", exc)
                 self._unacked.clear()
+                self._acked.clear()
                 await self._rewind()
                 await asyncio.sleep(1.0)
         self.running = False
@@ -163,17 +167,25 @@ class Ingest:
 
     async def _commit_acknowledged(self, wait: bool = False, drain: bool = False) -> None:
         assert self.consumer is not None
-        offsets: dict[TopicPartition, int] = {}
         while self._unacked:
             futures, batch_offsets = self._unacked[0]
             if not (wait or drain) and not all(f.done() for f in futures):
                 break
             await asyncio.gather(*futures)  # raises if a write failed: nothing of it is committed
             self._unacked.popleft()
-            offsets.update(batch_offsets)
+            self._acked.update(batch_offsets)
             wait = False
-        if offsets:
-            await self.consumer.commit(offsets)
+        # Committed at most every INGEST_COMMIT_INTERVAL_S while reading (each commit is a broker request; a
+        # crash re-reads at most that much more, and the person stage drops what it has seen), at once when
+        # input pauses or the worker stops.
+        if self._acked and (drain or time.monotonic() - self._last_commit >= INGEST_COMMIT_INTERVAL_S):
+            # Partitions given away meanwhile are left to their new owner, which reads them from the last commit.
+            held = self.consumer.assignment()
+            offsets = {tp: o for tp, o in self._acked.items() if tp in held}
+            self._acked = {}
+            self._last_commit = time.monotonic()
+            if offsets:
+                await self.consumer.commit(offsets)
 
     async def _flush_unflushed(self) -> None:
         """Input paused: close the sink batches still open downstream with a flush heartbeat."""

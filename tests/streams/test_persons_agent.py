@@ -21,7 +21,7 @@ class RecordingSink:
     def __init__(self):
         self.inserts: list[tuple[str, list[bytes], str | None]] = []
 
-    def insert_json(self, table, lines, columns, token=None):
+    def insert_json(self, table, lines, columns, token=None, unique_keys=False):
         if lines:
             self.inserts.append((table, list(lines), token))
         return len(lines)
