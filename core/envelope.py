@@ -109,8 +109,13 @@ class Envelope:
     flush: bool = True
 
 
+# An entry as the ingest encodes it: its meta, its body (b"" when the row says all the person stage needs) and its
+# row, kept apart until the envelope is written (no split and no second copy of every event).
+EncodedEntry = tuple[bytes, bytes, bytes]
+
+
 def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
-                 event: dict[str, Any] | bytes, flags: list[str] | None = None) -> bytes:
+                 event: dict[str, Any] | bytes, flags: list[str] | None = None) -> EncodedEntry:
     """One entry's three lines; ``event`` is the validated event's dict (or its JSON). Runs once per event in the
     ingest, so ``_summary`` is written out here."""
     ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
@@ -120,10 +125,8 @@ def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int
     meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid,
                          _blake2b(mid.encode(), digest_size=8).hexdigest(),
                          (ev.get("event") or t) if t == "track" else t, needs_body, flags or 0])
-    row = event_row_body(ev, ts, rcv, raw_partition, raw_offset)
-    if needs_body or flags:
-        return meta + b"\n" + orjson.dumps(ev) + b"\n" + row
-    return meta + b"\n\n" + row
+    return meta, orjson.dumps(ev) if needs_body or flags else b"", event_row_body(ev, ts, rcv, raw_partition,
+                                                                                  raw_offset)
 
 
 def _event_from_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -144,35 +147,34 @@ def _event_from_row(row: dict[str, Any]) -> dict[str, Any]:
     return ev
 
 
-def encode_envelopes(source: str, watermark: int, entries: list[bytes], flush: bool = True) -> list[bytes]:
+def encode_envelopes(source: str, watermark: int, entries: list[EncodedEntry], flush: bool = True) -> list[bytes]:
     """Pack encoded entries into as few envelopes as fit the size limit (an empty list gives one heartbeat).
     Only the last envelope carries ``flush``: the ones before it are followed at once by the rest."""
     out: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 0
 
-    def close(fl: bool) -> None:
-        # Gather the metas into one line: one decode call for all of them on the other side.
+    def close(chunk: list[EncodedEntry], fl: bool) -> None:
         head = orjson.dumps({"v": ENVELOPE_VERSION, "src": source, "wm": watermark, "fl": fl, "n": len(chunk)})
-        metas, rest = [], []
-        for e in chunk:
-            meta, _, body_row = e.partition(b"\n")
-            metas.append(meta)
-            rest.append(body_row)
-        out.append(b"\n".join([head, b"[" + b",".join(metas) + b"]", *rest]))
+        lines: list[bytes] = [b""] * (2 + 2 * len(chunk))
+        lines[0] = head
+        # Every meta in one line: one decode call for all of them on the other side.
+        lines[1] = b"[" + b",".join([e[0] for e in chunk]) + b"]"
+        lines[2::2] = [e[1] for e in chunk]
+        lines[3::2] = [e[2] for e in chunk]
+        out.append(b"\n".join(lines))
 
-    for e in entries:
-        if chunk and size + len(e) + 1 > MAX_ENVELOPE_BYTES:
-            close(False)
-            chunk, size = [], 0
-        chunk.append(e)
-        size += len(e) + 1
-    if chunk or not out:
-        close(flush)
+    start = size = 0
+    for i, (meta, body, row) in enumerate(entries):
+        n = len(meta) + len(body) + len(row) + 3
+        if i > start and size + n > MAX_ENVELOPE_BYTES:
+            close(entries[start:i], False)
+            start, size = i, 0
+        size += n
+    if start < len(entries) or not out:
+        close(entries[start:], flush)
     return out
 
 
-def decode_entry(raw: bytes) -> Entry:
+def decode_entry(raw: EncodedEntry) -> Entry:
     """One entry as ``encode_entry`` wrote it, read as the person stage reads it (tests and tools)."""
     return decode_envelope(encode_envelopes("", 0, [raw])[0]).entries[0]
 

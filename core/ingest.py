@@ -15,7 +15,7 @@ from zlib import crc32
 from pydantic import ValidationError
 
 from core.clock import iso
-from core.envelope import encode_entry
+from core.envelope import EncodedEntry, encode_entry
 from core.ids import person_key
 from core.normalize import clean_event
 from rules.loader import RuleSet
@@ -56,7 +56,7 @@ class RawRecord:
 @dataclass(slots=True)
 class IngestResult:
     # target partition -> encoded entries, in input order
-    entries: dict[int, list[bytes]] = field(default_factory=dict)
+    entries: dict[int, list[EncodedEntry]] = field(default_factory=dict)
     bad_rows: list[tuple[bytes | None, BadRow]] = field(default_factory=list)
     ok: int = 0
     # Greatest event time seen per raw partition, never later than now (a device clock in the future must not

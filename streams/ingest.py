@@ -29,6 +29,7 @@ log = logging.getLogger("cdp.ingest")
 # Batches read ahead of their acknowledgements.
 INGEST_PIPELINE_DEPTH = 2
 INGEST_COMMIT_INTERVAL_S = 1.0
+INGEST_FETCH_MAX_WAIT_MS = 100
 
 
 class Ingest:
@@ -60,6 +61,10 @@ class Ingest:
             self.s.raw_topic, **kw, group_id=self.s.ingest_group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.s.ingest_batch, fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024, client_id=self.source,
+            # aiokafka keeps one fetch in flight per broker, and does not fetch a partition whose records it still
+            # holds: with its default 500 ms wait, a fetch for partitions read to their end held back the rest of
+            # a partition read meanwhile (a 0.45 s stall at the end of a backlog, measured). The wait bounds it.
+            fetch_max_wait_ms=INGEST_FETCH_MAX_WAIT_MS,
         )
         await self.producer.start()
         await self.consumer.start()
