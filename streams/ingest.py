@@ -120,15 +120,21 @@ class Ingest:
 
     async def _source_watermark(self, now_ms: int) -> int:
         """The least watermark over this instance's raw partitions (downstream tracks one per source)."""
+        return (await self._source_state(now_ms))[0]
+
+    async def _source_state(self, now_ms: int) -> tuple[int, bool]:
+        """The source watermark, and whether every raw partition has been read up to its high-water mark."""
         assert self.consumer is not None
         lateness = int(self.s.allowed_lateness_s * 1000)
         marks = []
+        all_caught_up = True
         for tp in self.consumer.assignment():
             hw = self.consumer.highwater(tp)
             pos = await self.consumer.position(tp)
             caught_up = hw is not None and pos >= hw
+            all_caught_up = all_caught_up and caught_up
             marks.append(watermark(self.max_ts.get(tp.partition), caught_up, now_ms, lateness))
-        return min(marks) if marks else 0
+        return (min(marks) if marks else 0), all_caught_up
 
     async def _process(self, batches: dict[TopicPartition, list]) -> None:
         assert self.producer is not None and self.consumer is not None
@@ -141,10 +147,11 @@ class Ingest:
         res = ingest_records(records, self.rules, self.s.partitions, now_ms, int(self.s.max_future_s * 1000))
         for part, ts in res.max_event_ts.items():
             self.max_ts[part] = max(self.max_ts.get(part, 0), ts)
-        wm = await self._source_watermark(now_ms)
-        # A batch short of the most it may hold means this instance has caught up: downstream need not hold
-        # these events back much longer to insert them with later ones (core.batching).
-        caught_up = len(records) < self.s.ingest_batch
+        # Caught up (every raw partition read to its high-water mark): downstream need not hold these events
+        # back much longer to insert them with later ones (core.batching). A read short of the batch size is not
+        # enough: while a backlog is read, the fetcher's buffer runs short now and then, and each such flush mark
+        # closed the sink batches early (inserts and state writes of 5,000 rows instead of 20,000, measured).
+        wm, caught_up = await self._source_state(now_ms)
         futures = []
         for part, entries in res.entries.items():
             flush = caught_up and self._flush_due(part)
@@ -207,12 +214,13 @@ class Ingest:
             self._last_flush[p] = mono
             self._unflushed.discard(p)
 
-    async def _send_flush(self, partitions: list[int], wm: int) -> list[asyncio.Future[Any]]:
-        """An empty envelope marked flush to each partition: it moves event time on and closes the open batch."""
+    async def _send_flush(self, partitions: list[int], wm: int, flush: bool = True) -> list[asyncio.Future[Any]]:
+        """An empty envelope to each partition: it moves event time on and, marked flush, closes the open batch."""
         assert self.producer is not None
-        env = encode_envelopes(self.source, wm, [])[0]
+        env = encode_envelopes(self.source, wm, [], flush=flush)[0]
         futs = [await self.producer.send(self.s.person_events_topic, env, partition=p) for p in partitions]
-        self._flushed(partitions)
+        if flush:
+            self._flushed(partitions)
         return futs
 
     async def _maybe_heartbeat(self) -> None:
@@ -223,5 +231,8 @@ class Ingest:
         if time.monotonic() - self._last_heartbeat < self.s.heartbeat_s or not self.consumer.assignment():
             return
         self._last_heartbeat = time.monotonic()
-        wm = await self._source_watermark(int(time.time() * 1000))
-        await asyncio.gather(*await self._send_flush(list(range(self.s.partitions)), wm))
+        wm, caught_up = await self._source_state(int(time.time() * 1000))
+        # While a backlog is read, the heartbeat only moves event time on: closing the sink batches every
+        # heartbeat made them a second's worth of events, not CDP_SINK_BATCH_ROWS (flush marks follow once the
+        # ingest has caught up, and at once when input pauses).
+        await asyncio.gather(*await self._send_flush(list(range(self.s.partitions)), wm, flush=caught_up))
