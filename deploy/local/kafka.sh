@@ -85,9 +85,16 @@ PROPS
   # setsid: the broker outlives this shell and is stopped by `down`, not by the caller's signals.
   setsid nohup java -cp "$libs/*" $java_opts kafka.Kafka "$kdir/server.properties" \
     > "$kdir/logs/stdout.log" 2>&1 < /dev/null &
-  echo $! > "$pidfile"
+  local pid=$!
+  echo "$pid" > "$pidfile"
   for _ in $(seq 1 120); do
-    if ! running; then echo "kafka exited during start; see $kdir/logs" >&2; tail -20 "$kdir/logs/stdout.log" "$log" >&2 || true; rm -f "$pidfile"; return 1; fi
+    # Alive is enough here: right after the fork the child may not have exec'd java yet, so its command line
+    # does not name kafka.Kafka (`running`, which checks that for a stale pid file, failed a start under load).
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "kafka exited during start; see $kdir/logs" >&2
+      tail -n 20 "$kdir/logs/stdout.log" "$log" >&2 || true
+      rm -f "$pidfile"; return 1
+    fi
     if grep -q "Kafka Server started" "$log" 2>/dev/null && port_open "$port"; then
       echo "kafka up (pid $(cat "$pidfile")) on 127.0.0.1:$port"; return 0
     fi
