@@ -16,7 +16,9 @@ import orjson
 
 def main() -> None:
     topic_name, n, bootstrap, port, datadir = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
-    app = faust.App(f"faustbase-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="memory://",
+    # Named after the topic's prefix, so the topics Faust makes for it (its assignor's) go with the benchmark's.
+    prefix = topic_name.split(".", 1)[0]
+    app = faust.App(f"{prefix}-faustbase-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="memory://",
                     web_port=port, web_bind="127.0.0.1", web_host="127.0.0.1", datadir=datadir,
                     consumer_auto_offset_reset="earliest", autodiscover=False)
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
