@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -73,6 +74,61 @@ def faust_agent_rate(s: Settings, topic: str, n: int, datadir: Path) -> int | No
     return None
 
 
+def _process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``; None elsewhere or once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _local_broker_pid(s: Settings) -> int | None:
+    """The pid of the broker ``deploy/local/kafka.sh`` runs, if it is the one in use."""
+    try:
+        return int((s.data_dir / "kafka" / "broker.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class CpuSampler:
+    """CPU seconds of some processes, sampled every 20 ms on a thread, so that the CPU each used between two
+    moments (the measured window: first raw read to last insert) can be read afterwards."""
+
+    def __init__(self, pids: dict[str, Any]):
+        self.pids = pids  # name -> pid, or a callable giving it once the process exists
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now, row = time.time(), {}
+            for name, pid in self.pids.items():
+                pid = pid() if callable(pid) else pid
+                cpu = _process_cpu_s(pid) if pid else None
+                if cpu is not None:
+                    row[name] = cpu
+            self.samples.append((now, row))
+            self._stop.wait(0.02)
+
+    def used(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds each process used from ``start`` to ``end`` (wall clock), from the nearest samples."""
+        if not self.samples:
+            return {}
+        a = min(self.samples, key=lambda r: abs(r[0] - start))[1]
+        b = min(self.samples, key=lambda r: abs(r[0] - end))[1]
+        return {name: b[name] - a[name] for name in b if name in a}
+
+
 def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: str) -> dict[str, Any]:
     """Publish the events under a fresh prefix and time the pipeline over them: one worker running both stages,
     or (``split``) an ingest-only worker beside a person-stage worker, the two using both cores."""
@@ -88,27 +144,40 @@ def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: s
         workers.append(WorkerProcess(env={**base, "CDP_DATA_DIR": str(tmp / prefix / "ingest"),
                                           "CDP_WEB_PORT": str(port + 1), "CDP_ROLES": "ingest"},
                                      log_path=tmp / f"{prefix}-ingest.log"))
+    def pid_of(w: WorkerProcess) -> Any:
+        return lambda: w.proc.pid if w.proc is not None else None
+
+    sampled: dict[str, Any] = {"persons" if split else "worker": pid_of(workers[0])}
+    if split:
+        sampled["ingest"] = pid_of(workers[1])
+    broker = _local_broker_pid(Settings())  # the data dir the broker was started with, not the workers'
+    if broker is not None:
+        sampled["kafka_broker"] = broker
     try:
-        for w in workers:
-            w.start()
-        deadline = time.monotonic() + 900
-        while True:
-            health = [w.health() or {} for w in workers]
-            persons = health[0].get("persons") or {}
-            if persons.get("events_sunk", 0) >= len(lines):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"pipeline did not sink {len(lines)} events; logs in {tmp}")
-            time.sleep(0.2)
+        with CpuSampler(sampled) as cpu:
+            for w in workers:
+                w.start()
+            deadline = time.monotonic() + 900
+            while True:
+                health = [w.health() or {} for w in workers]
+                persons = health[0].get("persons") or {}
+                if persons.get("events_sunk", 0) >= len(lines):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pipeline did not sink {len(lines)} events; logs in {tmp}")
+                time.sleep(0.2)
         ingest = health[-1]["ingest"]
+        used = cpu.used(ingest["first_event_at"], persons["last_sunk_at"])
         counted = int(query(s, "SELECT count() FROM cdp.events", "TabSeparated").strip())
         unique = int(query(s, "SELECT uniqExact(message_id) FROM cdp.events", "TabSeparated").strip())
     finally:
         for w in workers:
             w.stop()
     eps = len(lines) / (persons["last_sunk_at"] - ingest["first_event_at"])
+    # CPU per event of each process over the measured window (it shows which stage costs what; docs/performance.md)
+    cpu_us = {name: round(sec / len(lines) * 1e6, 1) for name, sec in used.items()}
     return {"eps": eps, "counted": counted, "unique": unique, "envelopes": persons["envelopes"],
-            "raw_topic": s.raw_topic, "settings": s}
+            "raw_topic": s.raw_topic, "settings": s, "cpu_us_per_event": cpu_us}
 
 
 async def _post_batches(url: str, lines: list[bytes], batch: int, concurrency: int) -> None:
@@ -198,6 +267,9 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
             "pipeline_eps_one_process": round(one["eps"]),
             "pipeline_eps_ingest_and_persons_processes": round(split["eps"]),
             "pipeline_eps_ingest_and_persons_processes_runs": [round(r["eps"]) for r in splits],
+            # Over the measured window of the best two-process run, per event (Linux /proc; the broker's only
+            # when it is the local one).
+            "cpu_us_per_event": split["cpu_us_per_event"],
             "events_in_clickhouse": [one["counted"], *(r["counted"] for r in splits)],
             "unique_in_clickhouse": [one["unique"], *(r["unique"] for r in splits)],
             "envelopes": one["envelopes"],
