@@ -221,6 +221,10 @@ class Ingest:
         futs = [await self.producer.send(self.s.person_events_topic, env, partition=p) for p in partitions]
         if flush:
             self._flushed(partitions)
+        else:
+            # Their batches stay open (with whatever timers the heartbeat fired): a flush follows once caught up,
+            # or at once when input pauses (``_flush_unflushed``).
+            self._unflushed.update(partitions)
         return futs
 
     async def _maybe_heartbeat(self) -> None:
