@@ -116,15 +116,10 @@ EncodedEntry = tuple[bytes, bytes, bytes]
 
 def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
                  event: dict[str, Any] | bytes, flags: list[str] | None = None) -> EncodedEntry:
-    """One entry's three lines; ``event`` is the validated event's dict (or its JSON). Runs once per event in the
-    ingest, so ``_summary`` is written out here."""
+    """One entry's three lines; ``event`` is the validated event's dict (or its JSON)."""
     ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
-    mid = ev["message_id"]
-    t = ev.get("type", "track")
-    needs_body = bool(ev.get("identities") or ev.get("traits"))
-    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid,
-                         _blake2b(mid.encode(), digest_size=8).hexdigest(),
-                         (ev.get("event") or t) if t == "track" else t, needs_body, flags or 0])
+    mid, digest, name, needs_body = _summary(ev)
+    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, digest, name, needs_body, flags or 0])
     return meta, orjson.dumps(ev) if needs_body or flags else b"", event_row_body(ev, ts, rcv, raw_partition,
                                                                                   raw_offset)
 

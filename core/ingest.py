@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
-from zlib import crc32
 
 from pydantic import ValidationError
 
 from core.clock import iso
 from core.envelope import EncodedEntry, encode_entry
-from core.ids import person_key
+from core.ids import partition_for, person_key
 from core.normalize import clean_event
 from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
@@ -93,8 +92,6 @@ def event_time(timestamp: datetime | None, sent_at: datetime | None, received_ms
 
 def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions: int, now_ms: int,
                    max_future_ms: int = 86_400_000) -> IngestResult:
-    # The loop runs once per raw event: the common cases of person_key, event_time and partition_for are
-    # written out in it (same results; the functions remain the definitions, and serve the other cases).
     res = IngestResult()
     aliases = rules.aliases
     blocked = rules.blocked_identifiers
@@ -114,33 +111,22 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
         if name is not None and name in aliases:
             d["event"] = aliases[name]
         clean_event(d, blocked, dropped)
-        uid = d.get("user_id")
-        if uid:
-            pk = "user_id:" + uid
-        else:
-            pk = person_key(None, d.get("anonymous_id"), d.get("identities") or {})
-            if pk is None:
-                res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [
-                    {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
-                ], now_ms))
-                continue
+        pk = person_key(d.get("user_id"), d.get("anonymous_id"), d.get("identities") or {})
+        if pk is None:
+            res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [
+                {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
+            ], now_ms))
+            continue
         received = d.get("received_at")
         rcv = int(received.timestamp() * 1000) if received is not None else (rec.timestamp or now_ms)
-        t = d.get("timestamp")
-        if t is None:
-            ts = rcv
-        else:
-            ts = int(t.timestamp() * 1000)
-            sent = d.get("sent_at")
-            if sent is not None:
-                ts += rcv - int(sent.timestamp() * 1000)
+        ts = event_time(d.get("timestamp"), d.get("sent_at"), rcv)
         flags = None
         if ts > horizon:
             # Not trusted: a device clock far ahead would fire timers and skew funnels. Kept, at receive time.
             flags = ["future_timestamp"]
             res.flagged += 1
             ts = rcv
-        target = crc32(pk.encode()) % partitions  # partition_for
+        target = partition_for(pk, partitions)
         entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, d, flags)
         part_entries = by_partition.get(target)
         if part_entries is None:

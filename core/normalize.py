@@ -83,13 +83,12 @@ def clean_event(ev: dict[str, Any], blocked: dict[str, frozenset[str]], dropped:
     for f in _EVENT_ID_FIELDS:
         if f not in ev:
             continue
-        raw = ev[f]
-        text = "" if raw is None else str(raw).strip()  # clean_id, written out: this runs for every event
-        if text.lower() in PLACEHOLDERS or text in blocked.get(f, ()) or text in blocked_any:
+        v = clean_id(ev[f])
+        if v is None or v in blocked.get(f, ()) or v in blocked_any:
             del ev[f]
             dropped[f] += 1
         else:
-            ev[f] = text
+            ev[f] = v
     ids = ev.get("identities")
     if ids:
         # Only openids are scoped by their app; most events carry none.

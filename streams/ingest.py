@@ -118,12 +118,9 @@ class Ingest:
                 await asyncio.sleep(1.0)
         self.running = False
 
-    async def _source_watermark(self, now_ms: int) -> int:
-        """The least watermark over this instance's raw partitions (downstream tracks one per source)."""
-        return (await self._source_state(now_ms))[0]
-
     async def _source_state(self, now_ms: int) -> tuple[int, bool]:
-        """The source watermark, and whether every raw partition has been read up to its high-water mark."""
+        """The least watermark over this instance's raw partitions (downstream tracks one per source), and whether
+        every raw partition has been read up to its high-water mark."""
         assert self.consumer is not None
         lateness = int(self.s.allowed_lateness_s * 1000)
         marks = []
@@ -202,7 +199,7 @@ class Ingest:
     async def _flush_unflushed(self) -> None:
         """Input paused: close the sink batches still open downstream with a flush heartbeat."""
         if self._unflushed:
-            wm = await self._source_watermark(int(time.time() * 1000))
+            wm, _ = await self._source_state(int(time.time() * 1000))
             await asyncio.gather(*await self._send_flush(list(self._unflushed), wm))
 
     def _flush_due(self, partition: int) -> bool:
