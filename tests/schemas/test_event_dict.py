@@ -1,9 +1,11 @@
-"""The ingest's validator (``event_dict_from_json``, a TypedDict) and the schema of record (``Event``) agree: the
-same events accepted, the same pipeline dict for each, the same errors for the rest."""
+"""The ingest's validator (``event_dict_from_json``, msgspec for the wire form) and the schema of record (``Event``)
+agree: the same events accepted, the same pipeline dict for each (keys in the same order: the envelope's bytes
+depend on it), the same errors for the rest."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import orjson
 import pytest
@@ -21,17 +23,27 @@ values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3),
                       max_leaves=5)
 texts = st.one_of(st.sampled_from(["u1", " u1 ", "", "x" * 101, "x" * 257, "\u2003u", "u\x1f", "42"]),
                   st.text(max_size=10), st.integers(-10, 10**6), st.none(), st.booleans(), st.floats(0, 9))
+# RFC 3339 times with 0-9 digits of a second (msgspec rounds past six, pydantic truncates), either separator and
+# case, with and without an offset.
+rfc3339 = st.builds(
+    lambda dt, digits, sep, zone: dt.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    + (("." + f"{dt.microsecond:06d}999"[:digits]) if digits else "") + zone,
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)), st.integers(0, 9),
+    st.sampled_from(["T", "t", " "]), st.sampled_from(["Z", "z", "", "+08:00", "-00:00", "+0530", "+24:00", " "]))
 times = st.one_of(
     st.sampled_from(["2026-11-20T10:00:00Z", "2026-11-20T10:00:00.5+08:00", "2026-11-20T10:00:00",
-                     "2026-11-20 10:00:00", "2026-02-30T10:00:00Z", "now", "", "2026-11-20"]),
-    st.integers(-10, 2 * 10**12), st.floats(0, 2e9), st.none(), st.booleans())
+                     "2026-11-20 10:00:00", "2026-02-30T10:00:00Z", "now", "", "2026-11-20",
+                     "2026-11-20T10:00:00.1234567Z", "2026-11-20T10:00:59.9999996Z", "2026-11-20T10:00Z",
+                     "2026-11-20T10:00:00,5Z", "2026-11-20T10:00:60Z"]),
+    rfc3339, st.integers(-10, 2 * 10**12), st.floats(0, 2e9), st.none(), st.booleans())
 # Mostly valid events with a few fields changed, so both outcomes are common.
 base = {"type": "track", "messageId": "m1", "event": "add_to_cart", "userId": "u1",
         "timestamp": "2026-11-20T10:00:00Z", "properties": {"sku": "S-1"}}
 changes = st.dictionaries(
     st.sampled_from(["type", "messageId", "message_id", "event", "name", "userId", "user_id", "anonymousId",
                      "previousId", "groupId", "identities", "traits", "properties", "context", "timestamp",
-                     "sentAt", "receivedAt", "received_at", "extra"]),
+                     "sentAt", "receivedAt", "received_at", "anonymous_id", "previous_id", "group_id", "sent_at",
+                     "extra", "integrations"]),
     st.one_of(texts, times, values,
               st.dictionaries(st.sampled_from(["phone", "email", " phone", ""]), texts, max_size=3),
               st.sampled_from(["track", "identify", "page", "screen", "alias", "group", " page", "Track"])),
@@ -47,7 +59,9 @@ def same_outcome(raw: bytes) -> bool:
             event_dict_from_json(raw)
         assert field_errors(got.value) == field_errors(exc), raw
         return False
-    assert event_dict_from_json(raw) == want, raw
+    got = event_dict_from_json(raw)
+    assert got == want, raw
+    assert list(got) == list(want), raw
     return True
 
 
@@ -62,7 +76,9 @@ def test_both_outcomes_are_exercised():
     docs = [{**base}, {**base, "userId": 42}, {**base, "messageId": " m "}, {**base, "event": None},
             {**base, "type": "alias"}, {**base, "type": "alias", "previousId": "p"}, {**base, "timestamp": "x"},
             {**base, "identities": {"phone": None, "email": ""}, "userId": None},
-            {**base, "timestamp": "2026-11-20T10:00:00"}, {**base, "type": " page"}]
+            {**base, "timestamp": "2026-11-20T10:00:00"}, {**base, "type": " page"},
+            {**base, "properties": {" sku": "S-1"}}, {**base, "properties": None}, {**base, "user_id": "u2"},
+            {**base, "timestamp": "2026-11-20T10:00:00.1234567Z"}, {**base, "identities": {"email ": "a@b.c"}}]
     outcomes = [same_outcome(json.dumps(d).encode()) for d in docs]
     assert any(outcomes) and not all(outcomes)
     for raw in (b"{nope", b"[1]", b""):
@@ -71,3 +87,29 @@ def test_both_outcomes_are_exercised():
 
 def test_what_apps_send_takes_the_same_path():
     assert all(same_outcome(orjson.dumps(e)) for e in generate(200, 2, seed=8))
+
+
+def test_what_apps_send_is_decoded_without_the_schema_model():
+    # The fast path is the point of this validator: events as SDKs write them must not fall back to ``Event``.
+    from schemas.events import _wire_dict
+
+    assert all(_wire_dict(orjson.dumps(e)) is not None for e in generate(200, 2, seed=8))
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"type":"track","messageId":"m","event":"e","userId":"a","userId":"b"}',
+    b'{"type":"track","messageId":"m","event":"e","userId":"a","user_id":"b"}',
+    b'{"type":"track","messageId":"m","event":"e","user_id":"b","userId":"a"}',
+    b'{"type":"track","messageId":"m","event":"e","userId":"a","properties":{"k":1,"k":2}}',
+    b'{"type":"track","messageId":"m","event":"e","userId":"a","properties":{"x":1e400}}',
+    b'{"type":"track","messageId":"m","event":"e","userId":"a\\u2003"}',
+    b'{"type":"track","messageId":"m","event":"e","userId":"a\\u001f"}',
+    b'{"type":"track","messageId":"m","event":"e","userId":"a\\ud800"}',
+    b'{"type":"track","messageId":"m","event":"e","anonymousId":"x","identities":{"phone":null}}',
+    b'{"type":"track","messageId":"m","event":"e","identities":{"phone":""}}',
+    b'{"type":"identify","messageId":"m","userId":"u","traits":null}',
+    b'{"type":"track","messageId":"m","event":"e","userId":"a","timestamp":null,"sentAt":"2026-11-20T10:00:00Z"}',
+    b'  {"type":"page","messageId":"m","userId":"a"}\n',
+])
+def test_edge_cases_of_the_wire_form_agree(raw):
+    same_outcome(raw)
