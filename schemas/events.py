@@ -179,8 +179,24 @@ class _WireEvent(msgspec.Struct):
 
 
 _WIRE = msgspec.json.Decoder(_WireEvent)
-# A time with more than six digits of a second: msgspec rounds it to the microsecond, pydantic truncates it.
+# More than six digits after a point: in a time's seconds, msgspec rounds them to the microsecond and pydantic
+# truncates them. Found by a plain search; the match is then checked to follow ``d:dd`` (a time, not a number
+# such as a coordinate, whose events must not leave this path).
 _LONG_FRACTION = re.compile(rb"\.\d{7}")
+_DIGITS = b"0123456789"
+_ESCAPED_ASCII = re.compile(rb"\\u00[23]")
+
+
+def _long_time_fraction(raw: bytes) -> bool:
+    if raw.find(b"\\") >= 0 and _ESCAPED_ASCII.search(raw) is not None:
+        return True  # digits or punctuation written as escapes: not what the search below sees; let Event decide
+    m = _LONG_FRACTION.search(raw)
+    while m is not None:
+        i = m.start()
+        if i >= 4 and raw[i - 3] == 58 and raw[i - 4] in _DIGITS and raw[i - 2] in _DIGITS and raw[i - 1] in _DIGITS:
+            return True
+        m = _LONG_FRACTION.search(raw, i + 1)
+    return False
 
 
 def _unpadded_keys(d: dict[str, Any]) -> bool:
@@ -267,7 +283,7 @@ def _wire_dict(raw: bytes) -> dict[str, Any] | None:
     t = w.receivedAt
     if t is not None:
         d["received_at"] = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-    if (t is not None or "timestamp" in d or "sent_at" in d) and _LONG_FRACTION.search(raw) is not None:
+    if (t is not None or "timestamp" in d or "sent_at" in d) and _long_time_fraction(raw):
         return None
     return d
 

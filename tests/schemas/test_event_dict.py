@@ -113,3 +113,15 @@ def test_what_apps_send_is_decoded_without_the_schema_model():
 ])
 def test_edge_cases_of_the_wire_form_agree(raw):
     same_outcome(raw)
+
+
+def test_only_times_with_more_than_six_second_digits_leave_the_fast_path():
+    from schemas.events import _wire_dict
+
+    geo = {**base, "properties": {"lat": 31.2304167, "lng": 121.4737010, "note": "x.12345678"}}
+    assert _wire_dict(orjson.dumps(geo)) is not None and same_outcome(orjson.dumps(geo))
+    for ts in ("2026-11-20T10:00:00.1234567Z", "2026-11-20T10:00:59.9999996+08:00"):
+        raw = json.dumps({**base, "timestamp": ts}).encode()
+        assert _wire_dict(raw) is None and same_outcome(raw)
+    escaped = b'{"type":"page","messageId":"m","userId":"u","timestamp":"2026-11-20T10:00:00.123456\\u0037Z"}'
+    assert _wire_dict(escaped) is None and same_outcome(escaped)
