@@ -107,27 +107,36 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
                  dedupe_window_ms: int = DEDUPE_WINDOW_MS) -> PersonResult:
     """Fold one person's new events into their state. Out-of-order events are handled by event time."""
     res = PersonResult(state=state)
-    triggers = rules.active_triggers
+    triggers = rules.triggers_by_event
+    # Locals: this loop runs for every event the person stage takes.
+    seen, counts, last_seen, accepted = state.seen, state.counts, state.last_seen, res.accepted
+    n, first, last, duplicates = state.n_events, state.first_ts, state.last_ts, 0
     for en in sorted(entries, key=_event_time) if len(entries) > 1 else entries:
         mid = en.digest
-        if mid in state.seen:
-            res.duplicates += 1
+        if mid in seen:
+            duplicates += 1
             continue
-        state.seen[mid] = en.ts
-        res.accepted.append(en)
+        ts = en.ts
+        seen[mid] = ts
+        accepted.append(en)
         name = en.name
-        state.n_events += 1
-        state.first_ts = en.ts if state.first_ts == 0 else min(state.first_ts, en.ts)
-        state.last_ts = max(state.last_ts, en.ts)
-        state.counts[name] = state.counts.get(name, 0) + 1
-        if en.ts > state.last_seen.get(name, 0):
-            state.last_seen[name] = en.ts
+        n += 1
+        if first == 0 or ts < first:
+            first = ts
+        if ts > last:
+            last = ts
+        counts[name] = counts.get(name, 0) + 1
+        if ts > last_seen.get(name, 0):
+            last_seen[name] = ts
         if en.needs_body:
             ev = en.event
             _update_contacts(state, ev.get("identities") or {}, ev.get("traits") or {})
-        for rule in triggers:
-            if name == rule.when or name == rule.unless:
+        rules_of_event = triggers.get(name)
+        if rules_of_event:
+            for rule in rules_of_event:
                 _trigger_on_event(state, rule, name, en, res)
+    state.n_events, state.first_ts, state.last_ts = n, first, last
+    res.duplicates = duplicates
     _prune_seen(state, dedupe_window_ms)
     return res
 

@@ -58,3 +58,15 @@ def test_unknown_keys_are_errors(tmp_path: Path):
     with pytest.raises(RuleLoadError) as exc:
         load_rules(tmp_path)
     assert "a.yaml:2: trigers:" in str(exc.value)
+
+
+def test_triggers_by_event_names_each_enabled_rule_its_events_arm_or_cancel(tmp_path: Path):
+    def rule(rid: str, when: str, unless: str | None, enabled: bool = True) -> str:
+        return (f"  - id: {rid}\n    version: 1\n    when: {when}\n" + (f"    unless: {unless}\n" if unless else "")
+                + f"    enabled: {str(enabled).lower()}\n    wait: 1h\n"
+                "    action:\n      channel: sms\n      template: t\n      to: phone\n")
+    (tmp_path / "t.yaml").write_text("version: 1\ntriggers:\n" + rule("a", "cart", "paid") + rule("b", "view", "cart")
+                                     + rule("c", "cart", None, enabled=False) + rule("d", "loop", "loop"))
+    by_event = load_rules(tmp_path).triggers_by_event
+    assert {k: [r.id for r in v] for k, v in by_event.items()} == {
+        "cart": ["a", "b"], "paid": ["a"], "view": ["b"], "loop": ["d"]}
