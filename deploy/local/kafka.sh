@@ -61,6 +61,9 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.retention.hours=168
+# Files of deleted topics go within a second, not a minute: \`cdp bench\` and the tests delete theirs when they end,
+# and with the default delay that disk work fell inside the next run's measurements.
+log.segment.delete.delay.ms=1000
 PROPS
   cat > "$kdir/log4j2.properties" <<PROPS
 status = warn
