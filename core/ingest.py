@@ -107,27 +107,34 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
         d = _validate(rec, now_ms, res)
         if d is None:
             continue
-        name = d.get("event")
-        if name is not None and name in aliases:
-            d["event"] = aliases[name]
-        clean_event(d, blocked, dropped)
-        pk = person_key(d.get("user_id"), d.get("anonymous_id"), d.get("identities") or {})
-        if pk is None:
-            res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [
-                {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
-            ], now_ms))
-            continue
-        received = d.get("received_at")
-        rcv = int(received.timestamp() * 1000) if received is not None else (rec.timestamp or now_ms)
-        ts = event_time(d.get("timestamp"), d.get("sent_at"), rcv)
-        flags = None
-        if ts > horizon:
+        try:
+            name = d.get("event")
+            if name is not None and name in aliases:
+                d["event"] = aliases[name]
+            clean_event(d, blocked, dropped)
+            pk = person_key(d.get("user_id"), d.get("anonymous_id"), d.get("identities") or {})
+            if pk is None:
+                res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [
+                    {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
+                ], now_ms))
+                continue
+            received = d.get("received_at")
+            rcv = int(received.timestamp() * 1000) if received is not None else (rec.timestamp or now_ms)
+            ts = event_time(d.get("timestamp"), d.get("sent_at"), rcv)
             # Not trusted: a device clock far ahead would fire timers and skew funnels. Kept, at receive time.
-            flags = ["future_timestamp"]
+            flags = None
+            if ts > horizon:
+                flags, ts = ["future_timestamp"], rcv
+            target = partition_for(pk, partitions)
+            entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, d, flags)
+        except Exception as exc:
+            # Valid by the schema, but a step after it failed (an integer past 64 bits in its properties cannot be
+            # encoded, found in session 5): dead-lettered, never a stopped partition.
+            res.bad_rows.append(_bad(rec, Stage.process, "unprocessable", [{"field": "$", "error": repr(exc)}],
+                                     now_ms))
+            continue
+        if flags:
             res.flagged += 1
-            ts = rcv
-        target = partition_for(pk, partitions)
-        entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, d, flags)
         part_entries = by_partition.get(target)
         if part_entries is None:
             by_partition[target] = [entry]

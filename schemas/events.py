@@ -185,6 +185,10 @@ _WIRE = msgspec.json.Decoder(_WireEvent)
 _LONG_FRACTION = re.compile(rb"\.\d{7}")
 _DIGITS = b"0123456789"
 _ESCAPED_ASCII = re.compile(rb"\\u00[23]")
+# pydantic's JSON parser refuses nesting deeper than about 200 levels (an invalid event for ``Event``; orjson
+# would not re-encode it past 255 either); msgspec has no such limit. Nesting that deep takes as many opening
+# brackets, so an event with fewer is decoded here, and any other is left to ``Event``.
+_MAX_OPENINGS = 190
 
 
 def _long_time_fraction(raw: bytes) -> bool:
@@ -213,6 +217,8 @@ def _wire_dict(raw: bytes) -> dict[str, Any] | None:
     """The pipeline dict of an event in the wire form, or None when ``Event`` must decide.
 
     Written out field by field: it runs once per raw event."""
+    if len(raw) > 2 * _MAX_OPENINGS and raw.count(b"{") + raw.count(b"[") > _MAX_OPENINGS:
+        return None  # possibly nested deeper than Event's JSON parser allows
     try:
         w = _WIRE.decode(raw)
     except msgspec.MsgspecError:

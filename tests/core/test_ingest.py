@@ -31,7 +31,7 @@ def test_every_record_ends_as_an_event_or_a_bad_row(values):
     assert res.ok == len(entries)
     assert res.ok + len(res.bad_rows) == len(values)
     for _key, row in res.bad_rows:
-        assert row.stage in (Stage.decode, Stage.validate) and row.reason
+        assert row.stage in (Stage.decode, Stage.validate, Stage.process) and row.reason
         assert row.source["offset"] < len(values)
 
 
@@ -51,6 +51,24 @@ def test_bad_rows_say_why():
     reasons = [(r.stage.value, r.reason) for _, r in res.bad_rows]
     assert reasons == [("decode", "invalid_json"), ("validate", "schema"), ("decode", "empty")]
     assert any(e["field"] == "messageId" for e in res.bad_rows[1][1].errors)
+
+
+def test_an_event_nested_too_deep_is_a_bad_row_and_the_events_around_it_go_on():
+    deep = good(1, properties={"a": 0})[:-1].replace(b'"a":0}', b'"a":' + b"[" * 300 + b"]" * 300 + b"}") + b"}"
+    assert json.loads(deep)  # valid JSON, nested 300 levels
+    res = ingest_records([rec(good(0), 0), rec(deep, 1), rec(good(2), 2)], RULES, 4, NOW)
+    assert res.ok == 2
+    assert [(r.stage.value, r.reason, r.source["offset"]) for _, r in res.bad_rows] == [("decode", "invalid_json", 1)]
+
+
+def test_an_event_the_schema_accepts_but_no_step_can_carry_is_a_bad_row_not_a_stopped_partition():
+    # JSON allows integers of any size and so does the schema; the envelope's encoder stops at 64 bits.
+    big = good(1, properties={"n": 1})[:-1].replace(b'"n":1}', b'"n":123456789012345678901234567890}') + b"}"
+    res = ingest_records([rec(good(0), 0), rec(big, 1), rec(good(2), 2)], RULES, 4, NOW)
+    assert res.ok == 2
+    [(_, row)] = res.bad_rows
+    assert (row.stage.value, row.reason, row.source["offset"]) == ("process", "unprocessable", 1)
+    assert "64-bit" in row.errors[0]["error"] and row.original_bytes() == big
 
 
 def test_future_event_time_does_not_move_the_watermark():

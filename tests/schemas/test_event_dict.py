@@ -125,3 +125,10 @@ def test_only_times_with_more_than_six_second_digits_leave_the_fast_path():
         assert _wire_dict(raw) is None and same_outcome(raw)
     escaped = b'{"type":"page","messageId":"m","userId":"u","timestamp":"2026-11-20T10:00:00.123456\\u0037Z"}'
     assert _wire_dict(escaped) is None and same_outcome(escaped)
+
+
+@pytest.mark.parametrize("depth", [150, 250, 1000, 5000])
+def test_deep_nesting_agrees_and_never_raises_anything_else(depth):
+    raw = (b'{"type":"page","messageId":"m","userId":"u","properties":{"a":' + b"[" * depth + b"]" * depth
+           + b"}}")
+    assert same_outcome(raw) is (depth < 190)
