@@ -99,8 +99,12 @@ def collect(kind: str, raw: bytes, received_at: str | None = None) -> CollectRes
         if received_at and not item.get("receivedAt"):
             # Stamped at receipt, as Segment does: clock-skew correction stays right however late it is replayed.
             item = {**item, "receivedAt": received_at}
-        value = orjson.dumps(item)
         mid = item.get("messageId") or item.get("message_id")
+        try:
+            value = orjson.dumps(item)
+        except TypeError as exc:  # nested deeper than 255 levels: no step after this could carry it either
+            res.rejected.append({"index": i, "messageId": mid, "errors": [{"field": "$", "error": str(exc)}]})
+            continue
         if len(value) > MAX_EVENT_BYTES:
             res.rejected.append({"index": i, "messageId": mid,
                                  "errors": [{"field": "$", "error": f"event larger than {MAX_EVENT_BYTES} bytes"}]})

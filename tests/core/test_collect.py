@@ -55,6 +55,15 @@ def test_bad_bodies_are_400_and_unknown_endpoints_404():
     assert collect("purchase", b"{}").status == 404
 
 
+def test_an_event_nested_too_deep_to_carry_is_reported_not_a_server_error():
+    deep = b'{"type":"track","messageId":"m1","event":"e","userId":"u","properties":{"a":' + b"[" * 300 + b"]" * 300
+    ok = b'{"type":"track","messageId":"m2","event":"e","userId":"u"}'
+    res = collect("batch", b'{"batch":[' + deep + b"}}," + ok + b"]}")
+    assert res.status == 200 and len(res.records) == 1
+    assert res.rejected[0]["index"] == 0 and res.rejected[0]["messageId"] == "m1"
+    assert collect("track", deep + b"}}").status == 400
+
+
 def test_accepted_events_are_stamped_with_their_receipt():
     res = collect("track", orjson.dumps({"messageId": "m1", "event": "x", "userId": "u"}), "2026-11-23T10:00:00Z")
     assert orjson.loads(res.records[0][1])["receivedAt"] == "2026-11-23T10:00:00Z"
