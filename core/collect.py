@@ -92,8 +92,10 @@ def collect(kind: str, raw: bytes, received_at: str | None = None) -> CollectRes
         if not isinstance(item, dict):
             res.rejected.append({"index": i, "errors": [{"field": "$", "error": "an event must be an object"}]})
             continue
-        if shared_context:
-            item = {**item, "context": {**shared_context, **(item.get("context") or {})}}
+        ctx = item.get("context")
+        if shared_context and (not ctx or isinstance(ctx, dict)):
+            # An event's own context that is not an object is left for validation to report, not merged.
+            item = {**item, "context": {**shared_context, **(ctx or {})}}
         if shared_sent_at and not item.get("sentAt"):
             item = {**item, "sentAt": shared_sent_at}
         if received_at and not item.get("receivedAt"):

@@ -40,6 +40,16 @@ def test_batch_accepts_the_good_and_reports_the_bad_with_fields():
     assert res.response()["accepted"] == 2
 
 
+def test_a_batch_context_beside_an_event_context_that_is_not_an_object_is_a_field_error_not_a_server_error():
+    body = {"batch": [{"type": "page", "messageId": "m1", "userId": "u1", "context": ["app"]},
+                      {"type": "page", "messageId": "m2", "userId": "u1", "context": {"ip": "1.2.3.4"}}],
+            "context": {"library": {"name": "sdk"}}}
+    res = collect("batch", orjson.dumps(body))
+    assert res.status == 200 and len(res.records) == 1
+    assert res.rejected[0]["index"] == 0 and res.rejected[0]["errors"][0]["field"] == "context"
+    assert orjson.loads(res.records[0][1])["context"] == {"library": {"name": "sdk"}, "ip": "1.2.3.4"}
+
+
 def test_limits_answer_413():
     big = {"type": "track", "messageId": "m", "event": "x", "userId": "u", "properties": {"p": "x" * MAX_EVENT_BYTES}}
     assert collect("track", orjson.dumps(big)).status == 413
