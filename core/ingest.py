@@ -65,6 +65,8 @@ class IngestResult:
     dropped_identifiers: Counter[str] = field(default_factory=Counter)
     # Events whose timestamp was too far ahead to trust.
     flagged: int = 0
+    # Events whose time came out before 1970 (a sentAt far ahead of their timestamp).
+    flagged_past: int = 0
 
 
 def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_ms: int) -> tuple[bytes | None, BadRow]:
@@ -119,12 +121,19 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
                 ], now_ms))
                 continue
             received = d.get("received_at")
-            rcv = int(received.timestamp() * 1000) if received is not None else (rec.timestamp or now_ms)
+            taken = rec.timestamp or 0  # when the producer or broker stamped the record (producers set it)
+            rcv = int(received.timestamp() * 1000) if received is not None else taken
+            if not 0 < rcv <= horizon:
+                # The event's receivedAt (or the record's time) is not believable: the record's time, or now.
+                rcv = taken if 0 < taken <= horizon else now_ms
             ts = event_time(d.get("timestamp"), d.get("sent_at"), rcv)
-            # Not trusted: a device clock far ahead would fire timers and skew funnels. Kept, at receive time.
+            # Not trusted, and kept at receive time: a device clock far ahead would fire timers and skew funnels; one
+            # before 1970 (a sentAt far ahead of the timestamp makes one) can be neither stored nor written as a date.
             flags = None
             if ts > horizon:
                 flags, ts = ["future_timestamp"], rcv
+            elif ts < 0:
+                flags, ts = ["past_timestamp"], rcv
             target = partition_for(pk, partitions)
             entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, d, flags)
         except Exception as exc:
@@ -134,7 +143,10 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
                                      now_ms))
             continue
         if flags:
-            res.flagged += 1
+            if flags[0] == "future_timestamp":
+                res.flagged += 1
+            else:
+                res.flagged_past += 1
         part_entries = by_partition.get(target)
         if part_entries is None:
             by_partition[target] = [entry]

@@ -24,3 +24,6 @@ identifiers_dropped = Counter("cdp_identifiers_dropped_total",
                               registry=REGISTRY)
 future_timestamps = Counter("cdp_events_future_timestamp_total", "events whose timestamp was too far ahead to trust",
                             registry=REGISTRY)
+past_timestamps = Counter("cdp_events_past_timestamp_total",
+                          "events whose time came out before 1970 (a sentAt far ahead of their timestamp)",
+                          registry=REGISTRY)
