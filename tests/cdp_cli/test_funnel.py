@@ -5,6 +5,7 @@ each windowFunnel mode, with a breakdown, and before and after identity merges."
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,6 +23,8 @@ from tests.core.helpers import RULES
 
 STEPS = ["product_view", "add_to_cart", "checkout_start", "order_paid"]
 NOW = 1_790_000_000_000
+# The generated traffic ends at the ingest's clock: events from after it would be timed at receipt.
+END = datetime.fromtimestamp(NOW / 1000, UTC)
 # The session's ClickHouse is shared between tests: this module's events only (generated, then hand-made).
 SCOPE = "message_id LIKE 'gen-99-%' OR message_id LIKE 'fmode-%'"
 MODES = [(), ("strict_order",), ("strict_deduplication",), ("strict_increase",),
@@ -147,7 +150,7 @@ def parse(lines: list[bytes]) -> list[Row]:
 @pytest.fixture(scope="module")
 def loaded(chdb_sink) -> list[Row]:
     chdb_sink.migrate()
-    raw = [orjson.dumps(e) for e in generate(300, 3, seed=99)]
+    raw = [orjson.dumps(e) for e in generate(300, 3, seed=99, end=END)]
     res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
     entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
     lines = [event_row(en, oneid_for(en.pk)) for en in entries]

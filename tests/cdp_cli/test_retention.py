@@ -19,6 +19,8 @@ from tests.cdp_cli.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan
 from tests.core.helpers import RULES
 
 NOW = 1_790_000_000_000
+# The generated traffic ends at the ingest's clock: events from after it would be timed at receipt.
+END = datetime.fromtimestamp(NOW / 1000, UTC)
 SCOPE = "message_id LIKE 'gen-77-%'"  # the session's ClickHouse is shared: this test's events only
 
 
@@ -51,7 +53,7 @@ def brute_force(rows: list[tuple[str, str, int]], period: str, periods: int, eve
 @pytest.fixture(scope="module")
 def loaded(chdb_sink):
     chdb_sink.migrate()
-    raw = [orjson.dumps(e) for e in generate(400, 21, seed=77)]
+    raw = [orjson.dumps(e) for e in generate(400, 21, seed=77, end=END)]
     res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
     entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
     chdb_sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS,
