@@ -15,23 +15,10 @@ from core.envelope import decode_entry, encode_envelopes
 from core.ingest import RawRecord, ingest_records
 from rules.loader import load_rules
 from streams.persons import PersonStage
+from tests.streams.test_person_cache import MemoryStore
 
 NOW = 1_795_400_000_000
 RULES = load_rules("rules")
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        return self.data.get(key)
-
-    def items(self):
-        return list(self.data.items())
-
-    async def write(self, partition: int, states: dict[bytes, bytes]) -> None:
-        self.data.update(states)
 
 
 async def send(channel: str, key: bytes, value: bytes):
