@@ -18,14 +18,11 @@ def feedback_row(value: bytes, received_ms: int) -> bytes | BadRow:
     try:
         fb = Feedback.model_validate_json(value)
     except ValidationError as exc:
-        payload, enc = BadRow.encode_payload(value)
-        return BadRow(stage=Stage.validate, reason="feedback_schema", errors=field_errors(exc), payload=payload,
-                      payload_encoding=enc, received_at=received.isoformat())
+        return BadRow.of(value, Stage.validate, "feedback_schema", field_errors(exc), received.isoformat())
     try:
         detail = fb.detail if isinstance(fb.detail, str) else orjson.dumps(fb.detail).decode() if fb.detail else ""
         return orjson.dumps({"action_id": fb.action_id, "status": fb.status.value, "at": fb.at.timestamp(),
                              "detail": detail, "received_at": received_ms / 1000})
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. an integer past 64 bits in ``detail``
-        payload, enc = BadRow.encode_payload(value)
-        return BadRow(stage=Stage.process, reason="unprocessable", errors=[{"field": "$", "error": repr(exc)}],
-                      payload=payload, payload_encoding=enc, received_at=received.isoformat())
+        return BadRow.of(value, Stage.process, "unprocessable", [{"field": "$", "error": repr(exc)}],
+                         received.isoformat())

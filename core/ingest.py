@@ -70,14 +70,10 @@ class IngestResult:
 
 
 def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_ms: int) -> tuple[bytes | None, BadRow]:
-    payload, enc = BadRow.encode_payload(rec.value or b"")
     key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
     headers = {k: v.decode("utf-8", "replace") for k, v in (rec.headers or ())}
-    row = BadRow(stage=stage, reason=reason, errors=errors, payload=payload, payload_encoding=enc, key=key,
-                 headers=headers,
-                 source={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
-                 received_at=iso(now_ms))
-    return rec.key, row
+    return rec.key, BadRow.of(rec.value or b"", stage, reason, errors, iso(now_ms), key=key, headers=headers,
+                              source={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset})
 
 
 def event_time(timestamp: datetime | None, sent_at: datetime | None, received_ms: int) -> int:

@@ -33,6 +33,14 @@ class BadRow(BaseModel):
     source: dict[str, Any] = Field(default_factory=dict, description="topic, partition, offset it was read at")
     received_at: str
 
+    @classmethod
+    def of(cls, raw: bytes, stage: Stage, reason: str, errors: list[dict[str, Any]], received_at: str,
+           **where: Any) -> BadRow:
+        """The bad row keeping ``raw`` (``where``: its key, headers, source)."""
+        payload, enc = cls.encode_payload(raw)
+        return cls(stage=stage, reason=reason, errors=errors, payload=payload, payload_encoding=enc,
+                   received_at=received_at, **where)
+
     @staticmethod
     def encode_payload(raw: bytes) -> tuple[str, str]:
         try:
