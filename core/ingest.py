@@ -63,10 +63,9 @@ class IngestResult:
     max_event_ts: dict[int, int] = field(default_factory=dict)
     # Identifiers dropped as empty, placeholder, malformed or blocked, by type (the events were kept).
     dropped_identifiers: Counter[str] = field(default_factory=Counter)
-    # Events whose timestamp was too far ahead to trust.
-    flagged: int = 0
-    # Events whose time came out before 1970 (a sentAt far ahead of their timestamp).
-    flagged_past: int = 0
+    # Events whose own time was not trusted, by flag: future_timestamp (too far ahead), past_timestamp (before 1970:
+    # a sentAt far ahead of their timestamp).
+    flagged: Counter[str] = field(default_factory=Counter)
 
 
 def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_ms: int) -> tuple[bytes | None, BadRow]:
@@ -139,10 +138,7 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
                                      now_ms))
             continue
         if flags:
-            if flags[0] == "future_timestamp":
-                res.flagged += 1
-            else:
-                res.flagged_past += 1
+            res.flagged[flags[0]] += 1
         part_entries = by_partition.get(target)
         if part_entries is None:
             by_partition[target] = [entry]

@@ -168,8 +168,8 @@ class Ingest:
         metrics.events_ok.inc(res.ok)
         for id_type, n in res.dropped_identifiers.items():
             metrics.identifiers_dropped.labels(id_type).inc(n)
-        metrics.future_timestamps.inc(res.flagged)
-        metrics.past_timestamps.inc(res.flagged_past)
+        metrics.future_timestamps.inc(res.flagged["future_timestamp"])
+        metrics.past_timestamps.inc(res.flagged["past_timestamp"])
         # Read the next batch while this one's writes are acknowledged; commit strictly in order, and only
         # offsets whose every envelope and bad row the broker has acknowledged.
         self._unacked.append((futures, {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}))

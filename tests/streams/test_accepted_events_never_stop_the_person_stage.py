@@ -79,7 +79,7 @@ def test_a_sent_at_far_ahead_of_the_timestamp_is_timed_at_receipt_and_flagged():
     res = ingest_records([RawRecord("raw", 0, 0, NOW, None, json.dumps(doc).encode())], RULES, 1, NOW)
     [entry] = res.entries[0]
     e = decode_entry(entry)
-    assert (e.ts, e.rcv, e.flags, res.flagged_past) == (NOW, NOW, ("past_timestamp",), 1)
+    assert (e.ts, e.rcv, e.flags, res.flagged["past_timestamp"]) == (NOW, NOW, ("past_timestamp",), 1)
 
 
 def test_a_received_at_that_cannot_be_is_replaced_by_the_record_time():
