@@ -216,7 +216,8 @@ def _unpadded_keys(d: dict[str, Any]) -> bool:
 def _wire_dict(raw: bytes) -> dict[str, Any] | None:
     """The pipeline dict of an event in the wire form, or None when ``Event`` must decide.
 
-    Written out field by field: it runs once per raw event."""
+    Written out field by field: it runs once per raw event, and loops over the field names (``_OPTIONAL_TEXT`` as
+    ``pipeline_dict`` uses it) measured 0.35-0.45 µs/event more of ``ingest_records``' 7.3."""
     if len(raw) > 2 * _MAX_OPENINGS and raw.count(b"{") + raw.count(b"[") > _MAX_OPENINGS:
         return None  # possibly nested deeper than Event's JSON parser allows
     try:
