@@ -33,7 +33,8 @@ def run(rows: list[bytes], path: str, batch_rows: int, small_rows: int) -> dict[
             t0, c0 = time.perf_counter(), _cpu_s()
             for i in range(0, len(rows), size):
                 # As the person stage inserts: one row per messageId.
-                sink.insert_json("events", rows[i:i + size], EVENT_COLUMNS, token=f"bench:{name}:{i}", unique_keys=True)
+                sink.insert_json("events", rows[i:i + size], EVENT_COLUMNS, token=f"bench:{name}:{i}", unique_keys=True,
+                                 compact=True)
             wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
             out[f"{name}_rows_per_s"] = round(len(rows) / wall)
             out[f"{name}_cpu_us_per_row"] = round(cpu / len(rows) * 1e6, 2)

@@ -7,12 +7,13 @@ ingest's event-time watermark, so timers downstream fire at their deadlines even
 The person stage is the pipeline's narrowest point (one process per partition), so the ingest does for it what
 needs no person state, and the envelope is laid out so the person stage decodes only what it reads:
 
-    {"v":2,"src":...,"wm":...,"fl":true,"n":N}      header line
+    {"v":3,"src":...,"wm":...,"fl":true,"n":N}      header line
     [[pk, ts, rcv, raw_partition, raw_offset, message_id, digest, name, needs_body, flags], ...]   every meta
     then per event:
     {...}                                             the validated event (decoded only when read), or an
                                                       empty line when the row says all the stage needs
-    {...}                                             its ClickHouse row, PII masked, all but the OneID
+    [...]                                             its ClickHouse row, PII masked, all but the OneID
+                                                      (core.rows.EVENT_ROW_COLUMNS after the first)
 
 The whole event travels only when it holds what the row does not: raw identifiers or traits (the person stage
 keeps contacts from them) or a flag about it (an untrusted timestamp, kept as the app sent it). For any other
@@ -30,9 +31,10 @@ from typing import Any
 
 import orjson
 
-from core.rows import event_row_body
+from core.rows import EVENT_ROW_COLUMNS, event_row_body
 
-ENVELOPE_VERSION = 2
+# 3: rows are JSON arrays (2: objects with named fields, still read: ``_rows_v2``; 1: one JSON document).
+ENVELOPE_VERSION = 3
 # Stay well under Kafka's default 1 MB message limit.
 MAX_ENVELOPE_BYTES = 700_000
 
@@ -85,7 +87,7 @@ class Entry:
     @property
     def event(self) -> dict[str, Any]:
         if self._event is None:
-            self._event = orjson.loads(self._body) if self._body else _event_from_row(orjson.loads(self.row))
+            self._event = orjson.loads(self._body) if self._body else _event_from_row(self.row)
         return self._event
 
     @property
@@ -124,22 +126,36 @@ def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int
                                                                                   raw_offset)
 
 
-def _event_from_row(row: dict[str, Any]) -> dict[str, Any]:
+_ROW_BODY_COLUMNS = EVENT_ROW_COLUMNS[1:]
+
+
+def _event_from_row(body: bytes) -> dict[str, Any]:
     """The event as far as its row tells it (events that carried no identifiers, traits or flags)."""
+    row = dict(zip(_ROW_BODY_COLUMNS, orjson.loads(body), strict=True))
     ev: dict[str, Any] = {"type": row["type"], "message_id": row["message_id"]}
     if row["type"] == "track":
         ev["event"] = row["event"]
-    if row.get("name"):
+    if row["name"]:
         ev["name"] = row["name"]
-    props = row.get("properties") or {}
-    if isinstance(props, str):
+    props = row["properties"]
+    if isinstance(props, str):  # rows of the first envelope layouts carried the text
         props = orjson.loads(props)
     if props:
         ev["properties"] = props
-    if row.get("campaign_source") or row.get("campaign_medium") or row.get("campaign_name"):
-        ev["context"] = {"campaign": {k: row[f"campaign_{k}"] for k in ("source", "medium", "name")
-                                      if row.get(f"campaign_{k}")}}
+    campaign = {k: row[f"campaign_{k}"] for k in ("source", "medium", "name") if row[f"campaign_{k}"]}
+    if campaign:
+        ev["context"] = {"campaign": campaign}
     return ev
+
+
+def _rows_v2(lines: list[bytes]) -> None:
+    """Rows of a version-2 envelope (objects with named fields, empty columns left out) as version 3 writes them,
+    in place: envelopes written before an upgrade are still on the topic when the new person stage reads it."""
+    defaults: dict[str, Any] = {"name": "", "identities": {}, "properties": {}, "campaign_source": "",
+                                "campaign_medium": "", "campaign_name": ""}
+    for i in range(3, len(lines), 2):
+        row = orjson.loads(lines[i])
+        lines[i] = orjson.dumps([row.get(c, defaults.get(c)) for c in _ROW_BODY_COLUMNS])
 
 
 def encode_envelopes(source: str, watermark: int, entries: list[EncodedEntry], flush: bool = True) -> list[bytes]:
@@ -182,11 +198,13 @@ def decode_envelope(raw: bytes) -> Envelope:
     head = orjson.loads(lines[0])
     if head.get("v") == 1:
         return _decode_v1(head)
-    if head.get("v") != ENVELOPE_VERSION:
+    if head.get("v") not in (2, ENVELOPE_VERSION):
         raise ValueError(f"unknown envelope version {head.get('v')!r}")
     n = head["n"]
     if len(lines) != 2 + 2 * n:
         raise ValueError(f"envelope says {n} events but holds {len(lines) - 2} lines")
+    if head["v"] == 2:
+        _rows_v2(lines)
     metas = orjson.loads(lines[1])
     if len(metas) != n:
         raise ValueError(f"envelope says {n} events but holds {len(metas)} metas")

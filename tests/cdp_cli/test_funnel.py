@@ -16,7 +16,7 @@ from cdp_cli.generate import generate
 from core.envelope import decode_envelope, encode_envelopes
 from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
-from core.rows import event_row
+from core.rows import event_row, row_dict
 from sinks.clickhouse import EVENT_COLUMNS
 from tests.cdp_cli.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan, resolver
 from tests.core.helpers import RULES
@@ -141,6 +141,8 @@ def parse(lines: list[bytes]) -> list[Row]:
     out = []
     for line in lines:
         d = orjson.loads(line)
+        if isinstance(d, list):  # a pipeline row: an array in column order
+            d = row_dict(line)
         props = d["properties"]  # an object in pipeline rows, JSON text in this file's hand-made ones
         out.append((d["oneid"], d["event"], round(d["ts"] * 1000), orjson.loads(props) if isinstance(props, str)
                     else props))
@@ -154,7 +156,7 @@ def loaded(chdb_sink) -> list[Row]:
     res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
     entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
     lines = [event_row(en, oneid_for(en.pk)) for en in entries]
-    chdb_sink.insert_json("events", lines, EVENT_COLUMNS, token="funnel-test")
+    chdb_sink.insert_json("events", lines, EVENT_COLUMNS, token="funnel-test", compact=True)
     handmade = handmade_rows(400, seed=5)
     chdb_sink.insert_json("events", handmade, ["message_id", "oneid", "type", "event", "ts", "received_at",
                                                "properties"], token="funnel-test-handmade")

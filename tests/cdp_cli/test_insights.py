@@ -51,7 +51,8 @@ def load(sink: Any, raw_events: list[dict[str, Any]], token: str) -> list[Ev]:
     res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
     entries: list[Entry] = [en for env in encode_envelopes("s", 0, res.entries[0])
                             for en in decode_envelope(env).entries]
-    sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS, token=token)
+    sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS, token=token,
+                     compact=True)
     out = []
     for en in entries:
         ev = en.event

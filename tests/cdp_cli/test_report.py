@@ -81,7 +81,7 @@ def load(sink):
     res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
     entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
     sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS,
-                     token="report-test-events")
+                     token="report-test-events", compact=True)
     actions = []
     for day, by_channel in ACTION_DAYS.items():
         for channel, n in by_channel.items():

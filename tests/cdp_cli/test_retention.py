@@ -57,7 +57,7 @@ def loaded(chdb_sink):
     res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
     entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
     chdb_sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS,
-                          token="retention-test")
+                          token="retention-test", compact=True)
     return [(oneid_for(en.pk), en.event.get("event") or en.event["type"], en.ts) for en in entries]
 
 

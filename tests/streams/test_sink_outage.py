@@ -28,12 +28,13 @@ class FlakySink:
         self.calls = 0
         self.rows_written = 0
 
-    def insert_json(self, table, lines, columns, token=None, unique_keys=False):
+    def insert_json(self, table, lines, columns, token=None, unique_keys=False, compact=False):
         self.calls += 1
         if self.fail_before > 0:
             self.fail_before -= 1
             raise ConnectionError("ClickHouse is down")
-        n = self.real.insert_json(table, lines, columns, token=token, unique_keys=unique_keys)
+        n = self.real.insert_json(table, lines, columns, token=token, unique_keys=unique_keys,
+                                  compact=compact)
         if table == "events" and self.fail_after > 0:
             self.fail_after -= 1
             raise TimeoutError("no answer from ClickHouse (the rows went in)")
