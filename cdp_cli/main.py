@@ -33,7 +33,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(s))
     sink = None
     if s.runs_persons:  # ingest-only workers hold no ClickHouse (so they can run beside an embedded one)
-        sink = ClickHouseSink(s.clickhouse_url)
+        sink = ClickHouseSink(s.clickhouse_url, insert_clients=s.sink_insert_threads)
         sink.migrate()
     asyncio.set_event_loop(asyncio.new_event_loop())
     pipeline = build_pipeline(s, sink=sink)

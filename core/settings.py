@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # ... and, while the ingest is caught up (live traffic), at most this often per partition: the most an event
     # waits for its insert, and so for the actions it fires.
     sink_flush_ms: int = Field(default=200, ge=0)
+    # Partitions' batches carried out at once (their ClickHouse inserts run side by side: the engine does not hold
+    # Python's lock while it parses and writes). A partition's own batches always go one after another.
+    sink_insert_threads: int = Field(default=2, ge=1, le=64)
     # Person stage: most person states kept decoded in memory beyond those being written (least recently used
     # go first); a person not among them is read from the table again.
     state_cache_persons: int = Field(default=50_000, ge=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,13 +80,18 @@ def make_client(url: str) -> Client:
 
 
 class ClickHouseSink:
-    """Owns the client; serialises use of it (the embedded engine is one per process)."""
+    """Owns the clients. Queries and DDL go through one, serialised; inserts take one of ``insert_clients`` so
+    that several can run at once (the embedded engine is one per process, but takes any number of connections,
+    each running one statement at a time)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, insert_clients: int = 1):
         self.url = url
         self.client = make_client(url)
         self.embedded = chdb_path(url) is not None
         self._lock = threading.Lock()
+        self._inserters: queue.SimpleQueue[Client] = queue.SimpleQueue()
+        for _ in range(insert_clients):
+            self._inserters.put(make_client(url))
 
     def migrate(self) -> list[Migration]:
         """Apply the migrations not applied yet, in order; return them. Idempotent; safe to run at every start."""
@@ -131,9 +137,12 @@ class ClickHouseSink:
             # Embedded, ClickHouse shares the worker's cores: parsing one block on several threads only adds
             # their overhead (0.2-0.4 µs of CPU per row measured).
             settings["input_format_parallel_parsing"] = 0
-        with self._lock:
-            self.client.raw_insert(f"{DATABASE}.{table}", columns, insert_block=b"\n".join(lines),
-                                   fmt="JSONCompactEachRow" if compact else "JSONEachRow", settings=settings)
+        client = self._inserters.get()
+        try:
+            client.raw_insert(f"{DATABASE}.{table}", columns, insert_block=b"\n".join(lines),
+                              fmt="JSONCompactEachRow" if compact else "JSONEachRow", settings=settings)
+        finally:
+            self._inserters.put(client)
         return len(lines)
 
     def query(self, sql: str, fmt: str = "TabSeparatedWithNames") -> bytes:
@@ -147,4 +156,9 @@ class ClickHouseSink:
 
     def close(self) -> None:
         with self._lock:
+            while True:
+                try:
+                    self._inserters.get_nowait().close()
+                except queue.Empty:
+                    break
             self.client.close()

@@ -34,7 +34,8 @@ from streams.state import TableState
 
 log = logging.getLogger("cdp.app")
 
-# Sink batches processed ahead of their effects (bounded, so memory and redelivery after a crash stay small).
+# Sink batches processed ahead of their effects, over all partitions (bounded, so memory and redelivery after a
+# crash stay small).
 PIPELINE_DEPTH = 4
 
 
@@ -176,44 +177,55 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
     state = TableState(table, None)
     stage = PersonStage(rules, state, sink, send_action, settings.partitions, settings.person_events_topic,
                         int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes,
-                        settings.state_cache_persons)
+                        settings.state_cache_persons, settings.sink_insert_threads)
 
     @app.agent(person_topic, name="persons")
     async def persons(stream: faust.StreamT) -> None:
-        # Pipelined: while one sink batch's effects (ClickHouse insert, actions, state writes) are carried out,
-        # the next envelopes are already processed. Effects run strictly in order and an envelope is acked (its
-        # offset becomes committable) only after its batch's effects are done; a bounded queue holds the two
-        # steps together.
+        # Pipelined: while sink batches' effects (ClickHouse insert, actions, state writes) are carried out, the
+        # next envelopes are already processed. Each partition's batches are carried out strictly in order, by
+        # that partition's own task (so one partition's insert does not wait for another's state writes), and an
+        # envelope is acked (its offset becomes committable) only after its batch's effects are done. At most
+        # PIPELINE_DEPTH batches are processed ahead of their effects, over all partitions.
         manual = stream.noack()
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        ahead = asyncio.Semaphore(PIPELINE_DEPTH)
+        chains: dict[int, tuple[asyncio.Queue[Any], asyncio.Future[None]]] = {}
         if changelog_to_kafka and state.producer is None:
             state.producer = batch_producer(settings, f"{settings.app_id}-state", linger_ms=0)
             await state.producer.start()
 
-        async def carry_out() -> None:
+        async def carry_out(queue: asyncio.Queue[Any]) -> None:
             while True:
                 fx, events = await queue.get()
                 await stage.complete(fx)
                 for event in events:
                     await manual.ack(event)
+                ahead.release()
                 queue.task_done()
 
-        effects_task = asyncio.ensure_future(carry_out())
+        def chain(partition: int) -> asyncio.Queue[Any]:
+            if partition not in chains:
+                queue: asyncio.Queue[Any] = asyncio.Queue()
+                chains[partition] = (queue, asyncio.ensure_future(carry_out(queue)))
+            return chains[partition][0]
+
         try:
             async for event in manual.events():
                 partition, offset = event.message.partition, event.message.offset
                 if stage.rewound(partition, offset):
                     # Read again from its last commit (a batch boundary): finish what is queued, then start the
                     # partition afresh so its batches and person states are formed exactly as the first time.
-                    await queue.join()
+                    await chain(partition).join()
                     stage.reset_partition(partition)
                 done = stage.take(partition, offset, event.value, event)
                 if done is not None:
-                    await queue.put(done)
-                if effects_task.done():
-                    effects_task.result()  # an effect failed for good: crash the agent rather than go on
+                    await ahead.acquire()
+                    chain(partition).put_nowait(done)
+                for _, task in chains.values():
+                    if task.done():
+                        task.result()  # an effect failed for good: crash the agent rather than go on
         finally:
-            effects_task.cancel()
+            for _, task in chains.values():
+                task.cancel()
             if state.producer is not None:
                 producer, state.producer = state.producer, None
                 await producer.stop()

@@ -95,7 +95,8 @@ class StageStats:
 class PersonStage:
     def __init__(self, rules: RuleSet, store: StateStore, sink: ClickHouseSink | None, send_action: ActionSender,
                  partitions: int, topic: str, dedupe_window_ms: int = 7 * 86_400_000,
-                 batch_rows: int = 20_000, batch_envelopes: int = 50, cache_persons: int = 50_000):
+                 batch_rows: int = 20_000, batch_envelopes: int = 50, cache_persons: int = 50_000,
+                 insert_threads: int = 1):
         self.rules = rules
         self.store = store
         self.sink = sink
@@ -119,8 +120,9 @@ class PersonStage:
         self._seq = 0
         self.batches = BatchCutter(batch_rows, batch_envelopes)
         self._last_offset: dict[int, int] = {}  # partition -> last envelope offset processed
-        # The embedded ClickHouse call blocks; it runs on one thread so the event loop keeps Kafka heartbeats going.
-        self._sink_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdp-sink")
+        # ClickHouse calls block; they run on threads so the event loop keeps Kafka heartbeats going, and several
+        # partitions' inserts can run at once (the engine releases Python's lock while it works).
+        self._sink_thread = ThreadPoolExecutor(max_workers=insert_threads, thread_name_prefix="cdp-sink")
 
     def on_rebalance(self, assigned: set[int] | None = None) -> None:
         """Partitions moved: rebuild the timer queue from the state of the partitions now held, and forget the
@@ -242,7 +244,8 @@ class PersonStage:
                        len(env.entries), env.flush)
 
     async def complete(self, fx: Effects) -> None:
-        """Carry out a batch's effects: (1) ClickHouse, (2) action topics, (3) state. Call in batch order."""
+        """Carry out a batch's effects: (1) ClickHouse, (2) action topics, (3) state. Call in batch order within a
+        partition; batches of different partitions may be carried out at the same time (they share no person)."""
         t0 = time.perf_counter()
         if self.sink is not None and (fx.event_lines or fx.actions):
             lines = [action_row(a) for _, _, a in fx.actions]

@@ -15,6 +15,7 @@ def chdb_sink(tmp_path_factory):
     """The embedded ClickHouse of the test process: chDB allows one engine path per process, so one for all."""
     from sinks.clickhouse import ClickHouseSink
 
-    sink = ClickHouseSink(f"chdb://{tmp_path_factory.mktemp('ch') / 'db'}")
+    # Two insert connections, as a worker has by default: inserts run side by side.
+    sink = ClickHouseSink(f"chdb://{tmp_path_factory.mktemp('ch') / 'db'}", insert_clients=2)
     yield sink
     sink.close()

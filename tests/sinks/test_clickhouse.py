@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from core.envelope import Entry
@@ -38,3 +40,32 @@ def test_a_retried_insert_adds_nothing_and_daily_counts_follow(sink):
     masked = sink.rows("SELECT identities['phone'] FROM cdp.events WHERE oneid = 'o_1' LIMIT 1")[0][0]
     assert masked == "138****8000"
     assert row_dict(lines[0])["identities"] == {"phone": "138****8000"}
+
+
+def test_inserts_of_different_partitions_run_side_by_side_and_a_retry_still_adds_nothing(sink):
+    """The person stage carries out several partitions' batches at once, each insert on its own connection."""
+    sink.migrate()
+
+    def lines(partition: int) -> list[bytes]:
+        return [event_row(Entry(f"user_id:p{partition}-{i % 50}", 1_790_000_000_000 + i, 1_790_000_000_000,
+                                (partition, i), {"type": "track", "message_id": f"side-{partition}-{i}",
+                                                 "event": "side_by_side"}), f"o_side{partition}{i % 50}")
+                for i in range(5000)]
+
+    batches = {p: lines(p) for p in range(4)}
+    inside = threading.Barrier(2)  # two inserts at a time: both threads are inside an insert together
+
+    def insert(partitions: list[int]) -> None:
+        inside.wait()
+        for p in partitions:
+            for _ in range(2):  # the second is the retry after a crash: same token, nothing added
+                sink.insert_json("events", batches[p], EVENT_COLUMNS, token=f"side:{p}:0-9:events", compact=True,
+                                 unique_keys=True)
+
+    threads = [threading.Thread(target=insert, args=([0, 2],)), threading.Thread(target=insert, args=([1, 3],))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sink.rows("SELECT count(), uniqExact(message_id) FROM cdp.events WHERE event = 'side_by_side'") == \
+        [(20_000, 20_000)]
