@@ -26,6 +26,7 @@ Lines are JSON as orjson writes it, which never contains a raw newline, so split
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +192,7 @@ def decode_entry(raw: EncodedEntry) -> Entry:
 
 
 _new_entry = object.__new__
+_intern = sys.intern
 
 
 def decode_envelope(raw: bytes) -> Envelope:
@@ -214,7 +216,7 @@ def decode_envelope(raw: bytes) -> Envelope:
     for pk, ts, rcv, rp, ro, mid, digest, name, needs_body, flags in metas:
         en: Entry = _new_entry(Entry)
         en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body = \
-            pk, ts, rcv, (rp, ro), mid, digest, name, needs_body
+            pk, ts, rcv, (rp, ro), mid, digest, _intern(name), needs_body
         en.flags = tuple(flags) if flags else ()
         en._event = None
         en._body = lines[i]

@@ -189,6 +189,7 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
         manual = stream.noack()
         ahead = asyncio.Semaphore(PIPELINE_DEPTH)
         chains: dict[int, tuple[asyncio.Queue[Any], asyncio.Future[None]]] = {}
+        pending: dict[int, int] = {}  # batches queued or being carried out, by partition
         if changelog_to_kafka and state.producer is None:
             state.producer = batch_producer(settings, f"{settings.app_id}-state", linger_ms=0)
             await state.producer.start()
@@ -200,6 +201,7 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
                 for event in events:
                     await manual.ack(event)
                 ahead.release()
+                pending[fx.partition] -= 1
                 queue.task_done()
 
         def chain(partition: int) -> asyncio.Queue[Any]:
@@ -216,9 +218,11 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
                     # partition afresh so its batches and person states are formed exactly as the first time.
                     await chain(partition).join()
                     stage.reset_partition(partition)
-                done = stage.take(partition, offset, event.value, event)
+                # Behind: this partition's earlier batches are not all carried out yet (queued or running).
+                done = stage.take(partition, offset, event.value, event, pending.get(partition, 0) > 0)
                 if done is not None:
                     await ahead.acquire()
+                    pending[partition] = pending.get(partition, 0) + 1
                     chain(partition).put_nowait(done)
                 for _, task in chains.values():
                     if task.done():

@@ -6,6 +6,10 @@ actions into ClickHouse (deduplicating insert token = topic/partition/offset ran
 (acknowledged), (3) person state into the table. Faust commits the envelopes' offsets only after this returns. A
 crash anywhere replays the batch; ClickHouse skips an insert whose token it has seen, state that was already
 written makes the replay drop the duplicates, and action ids make a re-sent action the same action.
+
+Each partition's batches are carried out in order by their own task; different partitions' batches at the same
+time. While a partition's earlier batches are still being carried out (the stage is behind), a batch's states are
+written with a later batch's, at a checkpoint (``PersonStage.take``), and its envelopes acknowledged then.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ class PersonStage:
     def __init__(self, rules: RuleSet, store: StateStore, sink: ClickHouseSink | None, send_action: ActionSender,
                  partitions: int, topic: str, dedupe_window_ms: int = 7 * 86_400_000,
                  batch_rows: int = 20_000, batch_envelopes: int = 50, cache_persons: int = 50_000,
-                 insert_threads: int = 1):
+                 insert_threads: int = 1, checkpoint_rows: int | None = None):
         self.rules = rules
         self.store = store
         self.sink = sink
@@ -120,6 +124,10 @@ class PersonStage:
         self._seq = 0
         self.batches = BatchCutter(batch_rows, batch_envelopes)
         self._last_offset: dict[int, int] = {}  # partition -> last envelope offset processed
+        # Batches carried out (or queued) whose states wait for a later batch's checkpoint (``take``), by
+        # partition: the persons they touched, their envelopes' handles, their events.
+        self._uncheckpointed: dict[int, tuple[dict[str, PersonState], list[Any], int]] = {}
+        self.checkpoint_rows = checkpoint_rows if checkpoint_rows is not None else 5 * batch_rows
         # ClickHouse calls block; they run on threads so the event loop keeps Kafka heartbeats going, and several
         # partitions' inserts can run at once (the engine releases Python's lock while it works).
         self._sink_thread = ThreadPoolExecutor(max_workers=insert_threads, thread_name_prefix="cdp-sink")
@@ -130,7 +138,7 @@ class PersonStage:
         them again, from the same batch boundary)."""
         self._timers_loaded = False
         if assigned is not None:
-            for p in [p for p in self.batches.open if p not in assigned]:
+            for p in [p for p in {*self.batches.open, *self._uncheckpointed} if p not in assigned]:
                 self.reset_partition(p)
             gone = {p for p, _ in self._cache.values() if p not in assigned}
             if gone:
@@ -145,6 +153,7 @@ class PersonStage:
         """Forget what was processed of a partition but not carried out: its open batch and the person states it
         computed. Call only when no batch of the partition is waiting to be carried out."""
         self.batches.discard(partition)
+        self._uncheckpointed.pop(partition, None)  # never acknowledged: read again from the last checkpoint
         self._last_offset.pop(partition, None)
         self._forget(lambda p: p == partition)
 
@@ -152,19 +161,37 @@ class PersonStage:
         self._cache = {pk: v for pk, v in self._cache.items() if not partition_gone(v[0])}
         self._unwritten = {pk: seq for pk, seq in self._unwritten.items() if pk in self._cache}
 
-    def take(self, partition: int, offset: int, value: bytes, handle: Any) -> tuple[Effects, list[Any]] | None:
+    def take(self, partition: int, offset: int, value: bytes, handle: Any,
+             behind: bool = False) -> tuple[Effects, list[Any]] | None:
         """Process one envelope; when it closes its partition's sink batch, the batch's effects and the handles
-        of its envelopes (to acknowledge once the effects are carried out)."""
+        of envelopes to acknowledge once the effects are carried out.
+
+        ``behind``: the partition's earlier batches are still being carried out. Then a batch that does not end
+        a catch-up (no ``flush``) is not a checkpoint: its rows and actions go out as usual, but its persons'
+        states are written, and its envelopes acknowledged, with a later batch's (at most ``checkpoint_rows``
+        events later): a person in both is encoded and written once, not twice, exactly when the stage has more
+        work than it can keep up with. Recovery is unchanged: the commit is still a batch boundary, so a replay
+        forms the same batches (ClickHouse skips their inserts by token, actions keep their ids) and rebuilds
+        the states from the last ones written."""
         fx = self.process(partition, offset, value)
         self._last_offset[partition] = offset
         batch = self.batches.add(partition, offset, fx.entries, fx.flush, (fx, handle))
         if batch is None:
             return None
         merged = merge_effects(batch, self.topic)
+        persons, handles, rows = self._uncheckpointed.pop(partition, None) or ({}, [], 0)
+        persons.update(merged.persons)
+        handles.extend(h for _, h in batch.items)
+        rows += batch.entries
+        if behind and not merged.flush and rows < self.checkpoint_rows:
+            self._uncheckpointed[partition] = (persons, handles, rows)
+            merged.persons = {}
+            return merged, []
+        merged.persons = persons
         # Encoded now, before any later envelope changes these objects: the state as of the batch's end, once
-        # per person per batch however many of its envelopes touched them.
-        merged.states = {pk: st.to_bytes() for pk, st in merged.persons.items()}
-        return merged, [h for _, h in batch.items]
+        # per person per checkpoint however many of its envelopes touched them.
+        merged.states = {pk: st.to_bytes() for pk, st in persons.items()}
+        return merged, handles
 
     def _load_timers(self) -> None:
         self.timers.clear()

@@ -39,13 +39,13 @@ async def no_actions(channel: str, key: bytes, value: bytes):
     raise AssertionError("no action expected")
 
 
-def envelope(users: list[str], first_offset: int, batch: int) -> bytes:
+def envelope(users: list[str], first_offset: int, batch: int, flush: bool = True) -> bytes:
     entries = []
     for i, u in enumerate(users):
         ev = {"type": "track", "message_id": f"m-{batch}-{i}-{u}", "event": "product_view", "user_id": u}
         entries.append(encode_entry(f"user_id:{u}", T0 + batch * 1000 + i, T0, 0, first_offset + i,
                                     orjson.dumps(ev)))
-    return encode_envelopes("test", T0, entries, flush=True)[0]
+    return encode_envelopes("test", T0, entries, flush=flush)[0]
 
 
 def stage(store: MemoryStore, cache: int) -> PersonStage:
@@ -144,3 +144,54 @@ async def test_an_open_batch_of_another_partition_keeps_its_states_when_one_is_w
     await st.complete(fx)
     assert st.stats.duplicates == 1 and state_of(store, users[1]).n_events == 2
     assert not st._cache  # all written now: nothing kept beyond the bound
+
+
+def behind_stage(store: MemoryStore, checkpoint_rows: int = 1_000) -> PersonStage:
+    # One envelope per sink batch (batch_envelopes=1), whatever its flush mark.
+    return PersonStage(RULES, store, None, no_actions, 1, "t", batch_rows=10_000, batch_envelopes=1,
+                       checkpoint_rows=checkpoint_rows)
+
+
+async def test_while_a_partition_is_behind_its_states_are_written_once_per_checkpoint_with_its_acks():
+    """A stage that cannot keep up writes a person seen in several batches once, at the checkpoint, and
+    acknowledges those batches' envelopes only then; every batch's rows still go to ClickHouse at once."""
+    store = MemoryStore()
+    st = behind_stage(store)
+    fx0, acks0 = st.take(0, 0, envelope(["a", "b"], 0, 0, flush=False), "h0", behind=True)
+    fx1, acks1 = st.take(0, 1, envelope(["a", "c"], 10, 1, flush=False), "h1", behind=True)
+    assert (acks0, fx0.states, acks1, fx1.states) == ([], {}, [], {})
+    assert len(fx0.event_lines) == 2 and len(fx1.event_lines) == 2
+    fx2, acks2 = st.take(0, 2, envelope(["a"], 20, 2, flush=True), "h2", behind=True)  # caught up: checkpoint
+    assert acks2 == ["h0", "h1", "h2"]
+    assert set(fx2.states) == {"user_id:a", "user_id:b", "user_id:c"}
+    for fx in (fx0, fx1, fx2):
+        await st.complete(fx)
+    assert [state_of(store, u).n_events for u in "abc"] == [3, 1, 1]
+
+
+async def test_a_checkpoint_is_put_off_by_at_most_its_rows_and_never_when_the_stage_keeps_up():
+    store = MemoryStore()
+    st = behind_stage(store, checkpoint_rows=3)
+    _, acks = st.take(0, 0, envelope(["a", "b"], 0, 0, flush=False), "h0", behind=True)
+    assert acks == []
+    fx, acks = st.take(0, 1, envelope(["a", "c"], 10, 1, flush=False), "h1", behind=True)  # 4 events >= 3
+    assert acks == ["h0", "h1"] and set(fx.states) == {"user_id:a", "user_id:b", "user_id:c"}
+    fx, acks = st.take(0, 2, envelope(["d"], 20, 2, flush=False), "h2", behind=False)
+    assert acks == ["h2"] and set(fx.states) == {"user_id:d"}
+
+
+async def test_a_partition_read_again_from_its_checkpoint_drops_the_batches_not_checkpointed():
+    """The worker is read again from its last commit (the checkpoint): the batches after it were inserted but
+    their states never written; they are formed and counted again exactly as the first time."""
+    store = MemoryStore()
+    st = behind_stage(store)
+    first, _ = st.take(0, 0, envelope(["a"], 0, 0, flush=False), "h0", behind=True)
+    await st.complete(first)  # rows inserted, state not written, envelope not acknowledged
+    assert store.data == {}
+    assert st.rewound(0, 0)
+    st.reset_partition(0)
+    again, acks = st.take(0, 0, envelope(["a"], 0, 0, flush=False), "h0", behind=False)
+    assert again.token == first.token and again.event_lines == first.event_lines  # ClickHouse skips it
+    assert acks == ["h0"]
+    await st.complete(again)
+    assert state_of(store, "a").n_events == 1
