@@ -1,4 +1,5 @@
-"""A backlog (a replay, a worker catching up after downtime) is inserted into ClickHouse in full sink batches."""
+"""A backlog (a replay, a worker catching up after downtime) is inserted into ClickHouse in full sink batches, after
+a first quarter batch per partition (so the person stage starts inserting early)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,6 @@ def test_a_backlog_is_inserted_in_full_batches_not_one_per_heartbeat(deployment)
     finally:
         os.environ.pop("CDP_HEARTBEAT_S", None)
         os.environ.pop("CDP_SINK_BATCH_ROWS", None)
-    # Per person partition: full batches, then one with the rest.
-    per_partition = math.ceil(EVENTS / s.partitions / BATCH_ROWS) + 1
+    # Per person partition: the first quarter batch, full batches, then one with the rest.
+    per_partition = math.ceil(EVENTS / s.partitions / BATCH_ROWS) + 2
     assert inserts <= s.partitions * per_partition, inserts
