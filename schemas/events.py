@@ -152,7 +152,7 @@ _Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LEN)]
 _UNSET: Any = msgspec.UNSET
 
 
-class _WireEvent(msgspec.Struct):
+class _WireEvent(msgspec.Struct, gc=False):  # holds no cycles; not tracked by the garbage collector
     type: Literal["track", "identify", "page", "screen", "alias", "group"]
     messageId: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MESSAGE_ID_LEN)]
     event: Annotated[str, msgspec.Meta(max_length=200)] | None = None
@@ -228,29 +228,43 @@ def _wire_dict(raw: bytes) -> dict[str, Any] | None:
     if not (w.message_id is w.user_id is w.anonymous_id is w.previous_id is w.group_id is w.sent_at
             is w.received_at is _UNSET):
         return None
-    kind = w.type
-    d: dict[str, Any] = {"type": kind, "message_id": w.messageId}
+    kind = w.type  # a Literal: never padded
+    v = w.messageId
+    if v.strip() is not v:
+        return None
+    d: dict[str, Any] = {"type": kind, "message_id": v}
+    # Padded text: ``Event`` strips it. Checked field by field as each is set: with ``gc=False`` on the struct,
+    # 2.73 -> 2.59 µs per event against a loop over the dict's values afterwards (session 7, bench events).
     v = w.event
     if v:
+        if v.strip() is not v:
+            return None
         d["event"] = v
     v = w.name
     if v:
+        if v.strip() is not v:
+            return None
         d["name"] = v
     v = w.userId
     if v:
+        if v.strip() is not v:
+            return None
         d["user_id"] = v
     v = w.anonymousId
     if v:
+        if v.strip() is not v:
+            return None
         d["anonymous_id"] = v
     v = w.previousId
     if v:
+        if v.strip() is not v:
+            return None
         d["previous_id"] = v
     v = w.groupId
     if v:
-        d["group_id"] = v
-    for v in d.values():
         if v.strip() is not v:
             return None
+        d["group_id"] = v
     if (kind == "track" and "event" not in d) or (kind == "alias" and "previous_id" not in d):
         return None  # Event raises its per-type error
     ids = w.identities
