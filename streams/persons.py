@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from core.batching import BatchCutter, SinkBatch
-from core.envelope import Entry, decode_envelope
+from core.envelope import Entry, NewerEnvelopeError, decode_envelope
 from core.ids import partition_for
 from core.person import PersonState, apply_events, fire_due
 from core.rows import action_row, event_rows
@@ -224,6 +224,11 @@ class PersonStage:
         now_ms = int(time.time() * 1000)
         try:
             env = decode_envelope(value)
+        except NewerEnvelopeError:
+            # Written by an upgraded ingest while this worker is not upgraded yet: stopping here leaves it
+            # unacknowledged, so an upgraded worker reads it (skipping it would lose its events).
+            log.critical("envelope at %s:%s:%s is newer than this worker: upgrade it", self.topic, partition, offset)
+            raise
         except Exception as exc:  # a bad envelope is skipped and counted, never a crash
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
             metrics.bad_rows.labels("process", "bad_envelope").inc()

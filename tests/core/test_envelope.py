@@ -1,10 +1,12 @@
-"""Envelopes: rows as arrays in column order, and envelopes written by the previous layout still read the same."""
+"""Envelopes: rows as arrays in column order, metas without the messageId digest, and envelopes written by the
+previous layouts still read the same."""
 
 from __future__ import annotations
 
 import orjson
+import pytest
 
-from core.envelope import ENVELOPE_VERSION, decode_envelope, encode_entry, encode_envelopes
+from core.envelope import ENVELOPE_VERSION, decode_envelope, encode_entry, encode_envelopes, message_digest
 from core.rows import EVENT_ROW_COLUMNS, event_row, row_dict
 
 EVENTS = [
@@ -37,6 +39,24 @@ V2_ENVELOPE = b"\n".join([
 ])
 
 
+# The same three events as version 3 wrote them (rows as arrays; every meta with the messageId's digest).
+V3_ENVELOPE = b"\n".join([
+    b'{"v":3,"src":"src","wm":1790000000500,"fl":true,"n":3}',
+    b'[["user_id:u1",1790000000000,1790000000005,0,0,"m1","d11f79d4b490b654","add_to_cart",false,0],'
+    b'["user_id:u1",1790000001000,1790000001005,0,1,"m2","c203129735019090","identify",true,0],'
+    b'["anonymous_id:a9",1790000002000,1790000002005,0,2,"m3","f8a1742d4a6d5b64","page",false,0]]',
+    b"",
+    b'["m1","track","add_to_cart","",1790000000.0,1790000000.005,{"sku":"A-1","price":9.5},{"user_id":"u***"},0,0,'
+    b'"","",""]',
+    b'{"type":"identify","message_id":"m2","user_id":"u1","traits":{"phone":"13800138000"},'
+    b'"identities":{"phone":"13800138000"}}',
+    b'["m2","identify","identify","",1790000001.0,1790000001.005,{},{"phone":"138****8000","user_id":"u***"},0,1,'
+    b'"","",""]',
+    b"",
+    b'["m3","page","page","home",1790000002.0,1790000002.005,{},{"anonymous_id":"a***"},0,2,"baidu","cpc",""]',
+])
+
+
 def current() -> bytes:
     entries = [encode_entry(pk, ts, ts + 5, 0, i, ev) for i, (pk, ts, ev) in enumerate(EVENTS)]
     return encode_envelopes("src", 1_790_000_000_500, entries)[0]
@@ -54,13 +74,27 @@ def test_rows_are_arrays_of_every_column_with_the_pii_masked():
                        "campaign_source": "baidu", "campaign_medium": "cpc", "campaign_name": ""}
 
 
-def test_an_envelope_of_the_previous_layout_gives_the_same_rows_events_and_metas():
-    old, new = decode_envelope(V2_ENVELOPE), decode_envelope(current())
+@pytest.mark.parametrize("old_envelope", [V2_ENVELOPE, V3_ENVELOPE], ids=["v2", "v3"])
+def test_an_envelope_of_a_previous_layout_gives_the_same_rows_events_and_metas(old_envelope):
+    old, new = decode_envelope(old_envelope), decode_envelope(current())
     assert (old.source, old.watermark, old.flush) == (new.source, new.watermark, new.flush)
     assert [event_row(en, "o_1") for en in old.entries] == [event_row(en, "o_1") for en in new.entries]
     assert [en.event for en in old.entries] == [en.event for en in new.entries]
-    assert [(en.pk, en.ts, en.rcv, en.src, en.digest, en.name, en.needs_body) for en in old.entries] == \
-        [(en.pk, en.ts, en.rcv, en.src, en.digest, en.name, en.needs_body) for en in new.entries]
+    assert [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags)
+            for en in old.entries] == \
+        [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags)
+         for en in new.entries]
+
+
+def test_the_person_stage_computes_the_digest_the_ingest_no_longer_carries():
+    metas = orjson.loads(current().split(b"\n")[1])
+    assert [len(m) for m in metas] == [9, 9, 9]
+    assert "d11f79d4b490b654" not in current().decode()
+    # The digest the previous layout carried, the one person states already hold: duplicates stay duplicates
+    # across the upgrade.
+    assert [en.digest for en in decode_envelope(current()).entries] == \
+        ["d11f79d4b490b654", "c203129735019090", "f8a1742d4a6d5b64"]
+    assert [en.digest for en in decode_envelope(current()).entries] == [message_digest(m) for m in ("m1", "m2", "m3")]
 
 
 def test_an_event_is_rebuilt_from_its_row_when_the_row_tells_it_all():
