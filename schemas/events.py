@@ -229,10 +229,10 @@ def _wire_dict(raw: bytes) -> dict[str, Any] | None:
             is w.received_at is _UNSET):
         return None
     kind = w.type  # a Literal: never padded
-    v = w.messageId
-    if v.strip() is not v:
+    mid = w.messageId
+    if mid.strip() is not mid:
         return None
-    d: dict[str, Any] = {"type": kind, "message_id": v}
+    d: dict[str, Any] = {"type": kind, "message_id": mid}
     # Padded text: ``Event`` strips it. Checked field by field as each is set: with ``gc=False`` on the struct,
     # 2.73 -> 2.59 µs per event against a loop over the dict's values afterwards (session 7, bench events).
     v = w.event
