@@ -273,7 +273,7 @@ def health(p: Pipeline) -> dict[str, Any]:
     ing = p.ingest
     stage = p.stage
     ingest_ready = ing is None or (ing.running and ing.consumer is not None and bool(ing.consumer.assignment()))
-    persons_ready = stage is None or bool(p.app.consumer.assignment())
+    persons_ready = stage is None or (stage.stopped is None and bool(p.app.consumer.assignment()))
     return {
         "status": "ok",
         "ready": ingest_ready and persons_ready,
@@ -292,5 +292,6 @@ def health(p: Pipeline) -> dict[str, Any]:
             "envelopes": stage.stats.envelopes, "events_sunk": stage.stats.events_sunk,
             "duplicates": stage.stats.duplicates, "actions": stage.stats.actions, "dropped": stage.stats.dropped,
             "last_sunk_at": stage.stats.last_sunk_at, "timers_pending": len(stage.timers),
+            "stopped": stage.stopped,
         },
     }

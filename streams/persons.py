@@ -111,6 +111,7 @@ class PersonStage:
         self.watermarks = WatermarkTracker()
         self.timers = TimerQueue()
         self.stats = StageStats()
+        self.stopped: str | None = None  # why the stage stopped for good (``/healthz`` reports it, not ready)
         self._timers_loaded = False
         # Person states as objects, least recently used first: pk -> (partition, state). It holds every state
         # computed by envelopes whose effects are not written yet (the table is behind for those:
@@ -227,7 +228,8 @@ class PersonStage:
         except NewerEnvelopeError:
             # Written by an upgraded ingest while this worker is not upgraded yet: stopping here leaves it
             # unacknowledged, so an upgraded worker reads it (skipping it would lose its events).
-            log.critical("envelope at %s:%s:%s is newer than this worker: upgrade it", self.topic, partition, offset)
+            self.stopped = f"envelope at {self.topic}:{partition}:{offset} is newer than this worker: upgrade it"
+            log.critical(self.stopped)
             raise
         except Exception as exc:  # a bad envelope is skipped and counted, never a crash
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)

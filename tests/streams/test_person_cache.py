@@ -204,5 +204,7 @@ def test_an_envelope_from_a_newer_ingest_stops_the_stage_where_a_bad_one_is_skip
     st = stage(MemoryStore(), 100)
     assert st.take(0, 0, b"not an envelope", "h0") is not None  # counted, skipped, acknowledged with its batch
     newer = envelope(["a"], 1, 1).replace(b'"v":4', b'"v":5', 1)
+    assert st.stopped is None
     with pytest.raises(NewerEnvelopeError):
         st.take(0, 1, newer, "h1")
+    assert st.stopped is not None and "t:0:1" in st.stopped  # /healthz: not ready, and why
