@@ -4,10 +4,12 @@ Faust's cost is per Kafka message delivered through a stream (docs/performance.m
 partition's events in one message pays it once per batch instead of once per event. An envelope also carries the
 ingest's event-time watermark, so timers downstream fire at their deadlines even when no event arrives.
 
-The person stage is the pipeline's narrowest point (one process per partition), so the ingest does for it what
-needs no person state, and the envelope is laid out so the person stage decodes only what it reads:
+The person stage is the narrowest point for scaling (one process per partition), so the ingest does for it
+nearly all that needs no person state; the messageId's digest is left to the person stage, because on one
+machine the ingest is the stage that sets the pace (docs/performance.md). The envelope is laid out so the person
+stage decodes only what it reads:
 
-    {"v":3,"src":...,"wm":...,"fl":true,"n":N}      header line
+    {"v":4,"src":...,"wm":...,"fl":true,"n":N}      header line
     [[pk, ts, rcv, raw_partition, raw_offset, message_id, name, needs_body, flags], ...]   every meta
     then per event:
     {...}                                             the validated event (decoded only when read), or an
@@ -55,15 +57,16 @@ def message_digest(message_id: str) -> str:
     return _blake2b(message_id.encode(), digest_size=8).hexdigest()
 
 
-def _summary(ev: dict[str, Any]) -> tuple[str, str, str, bool]:
-    """What the person stage reads of an event without decoding it: messageId, its digest, the event name, and
-    whether the event holds what its row does not (identifiers, traits)."""
-    mid = ev["message_id"]
-    return mid, message_digest(mid), event_name(ev), bool(ev.get("identities") or ev.get("traits"))
-
-
 def _meta_fields(ev: dict[str, Any]) -> tuple[str, str, bool]:
+    """What an envelope's meta says of an event: messageId, the event name, and whether the event holds what its
+    row does not (identifiers, traits)."""
     return ev["message_id"], event_name(ev), bool(ev.get("identities") or ev.get("traits"))
+
+
+def _summary(ev: dict[str, Any]) -> tuple[str, str, str, bool]:
+    """What the person stage reads of an event without decoding it: the meta's fields and the messageId's digest."""
+    mid, name, needs_body = _meta_fields(ev)
+    return mid, message_digest(mid), name, needs_body
 
 
 class Entry:
@@ -210,9 +213,9 @@ _intern = sys.intern
 def decode_envelope(raw: bytes) -> Envelope:
     lines = raw.split(b"\n")
     head = orjson.loads(lines[0])
-    if head.get("v") == 1:
-        return _decode_v1(head)
     version = head.get("v")
+    if version == 1:
+        return _decode_v1(head)
     if isinstance(version, int) and version > ENVELOPE_VERSION:
         raise NewerEnvelopeError(f"envelope version {version} is newer than this worker's {ENVELOPE_VERSION}")
     if version not in (2, 3, ENVELOPE_VERSION):
