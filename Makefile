@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the project (again only when pyproject.toml changed)
+# The core's per-event modules compiled with mypyc (core/native.py); rebuilt when a core source changes. A failed
+# build leaves the pipeline on plain Python and says why.
+NATIVE := .local/native/manifest.json
+$(NATIVE): $(STAMP) $(wildcard core/*.py) deploy/local/build_native.py
+	@$(BIN)/python deploy/local/build_native.py
+
+setup: $(STAMP) $(NATIVE) ## create .venv, install the project (again only when pyproject.toml changed), compile the core
 	@$(KAFKA) fetch
 
 up: setup ## start the local Kafka broker (KRaft, 127.0.0.1:9092); a no-op when it runs
@@ -34,6 +40,8 @@ demo: setup ## run the whole pipeline on a synthetic shop's traffic and print wh
 
 test: setup ## every test: unit, agent, integration against the real broker and embedded ClickHouse
 	@bash deploy/local/with-kafka.sh $(BIN)/pytest -q
+	@echo "and the core as plain Python (what runs where the compiled core is not built):"
+	@CDP_PURE_PYTHON=1 $(BIN)/pytest -q tests/core tests/schemas
 
 test-unit: setup ## the tests that need no broker
 	$(BIN)/pytest -q -m "not integration"

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+import core
 from cdp_cli.generate import generate
 from cdp_cli.ops import WorkerProcess, publish_lines, query, wait_http
 from core.settings import Settings
@@ -274,6 +275,8 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
             "unique_in_clickhouse": [one["unique"], *(r["unique"] for r in splits)],
             "envelopes": one["envelopes"],
             "partitions": s.partitions,
+            # The workers ran the core compiled (core/native.py) or as plain Python: a different rate.
+            "compiled_core": core.NATIVE,
         }
         from cdp_cli.bench_sink import sink_rates
 

@@ -63,12 +63,6 @@ def _meta_fields(ev: dict[str, Any]) -> tuple[str, str, bool]:
     return ev["message_id"], event_name(ev), bool(ev.get("identities") or ev.get("traits"))
 
 
-def _summary(ev: dict[str, Any]) -> tuple[str, str, str, bool]:
-    """What the person stage reads of an event without decoding it: the meta's fields and the messageId's digest."""
-    mid, name, needs_body = _meta_fields(ev)
-    return mid, message_digest(mid), name, needs_body
-
-
 class Entry:
     """One validated event as it travels: person key, event time, receive time, where it came from, what the
     person stage reads without decoding the event (id, digest, name), the event itself (decoded on first read)
@@ -77,21 +71,29 @@ class Entry:
     __slots__ = ("_body", "_event", "_row", "digest", "flags", "message_id", "name", "needs_body", "pk", "rcv",
                  "src", "ts")
 
-    def __init__(self, pk: str, ts: int, rcv: int, src: tuple[int, int], event: dict[str, Any] | None = None,
-                 flags: tuple[str, ...] = (), *, meta: tuple[str, str, str, bool] | None = None,
-                 body: bytes | None = None, row: bytes | None = None):
+    def __init__(self, pk: str, ts: int, rcv: int, src: tuple[int, int], message_id: str, digest: str, name: str,
+                 needs_body: bool, flags: tuple[str, ...], event: dict[str, Any] | None, body: bytes | None,
+                 row: bytes | None):
+        # Every field given: this runs for every event the person stage reads (``of_event`` builds one from a dict).
         self.pk = pk
         self.ts = ts
         self.rcv = rcv
         self.src = src
+        self.message_id = message_id
+        self.digest = digest
+        self.name = name
+        self.needs_body = needs_body
         self.flags = flags  # e.g. future_timestamp: the event's own time was not trusted
         self._event = event
         self._body = body
         self._row = row
-        if meta is None:
-            assert event is not None
-            meta = _summary(event)
-        self.message_id, self.digest, self.name, self.needs_body = meta
+
+    @staticmethod
+    def of_event(pk: str, ts: int, rcv: int, src: tuple[int, int], event: dict[str, Any],
+                 flags: tuple[str, ...] = ()) -> Entry:
+        """An entry made from a validated event's dict (tests, tools, first-layout envelopes)."""
+        mid, name, needs_body = _meta_fields(event)
+        return Entry(pk, ts, rcv, src, mid, message_digest(mid), name, needs_body, flags, event, None, None)
 
     @property
     def event(self) -> dict[str, Any]:
@@ -206,7 +208,6 @@ class NewerEnvelopeError(Exception):
     reader must not skip it (its events would be lost) but leave it unacknowledged for an upgraded worker."""
 
 
-_new_entry = object.__new__
 _intern = sys.intern
 
 
@@ -231,18 +232,11 @@ def decode_envelope(raw: bytes) -> Envelope:
     if version != ENVELOPE_VERSION:
         for m in metas:
             del m[6]  # the digest the ingest used to carry: the same as computed here
-    # Entries made without Entry's constructor (half the cost): this loop runs for every event the stage reads.
     entries = []
     i = 2
     for pk, ts, rcv, rp, ro, mid, name, needs_body, flags in metas:
-        en: Entry = _new_entry(Entry)
-        en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body = \
-            pk, ts, rcv, (rp, ro), mid, message_digest(mid), _intern(name), needs_body
-        en.flags = tuple(flags) if flags else ()
-        en._event = None
-        en._body = lines[i]
-        en._row = lines[i + 1]
-        entries.append(en)
+        entries.append(Entry(pk, ts, rcv, (rp, ro), mid, message_digest(mid), _intern(name), needs_body,
+                             tuple(flags) if flags else (), None, lines[i], lines[i + 1]))
         i += 2
     return Envelope(source=head["src"], watermark=int(head["wm"]), entries=tuple(entries), flush=head["fl"])
 
@@ -252,7 +246,7 @@ def _decode_v1(d: dict[str, Any]) -> Envelope:
     return Envelope(
         source=d["src"],
         watermark=int(d["wm"]),
-        entries=tuple(Entry(e["pk"], e["ts"], e["rcv"], tuple(e["src"]), e["e"], tuple(e.get("flags", ())))
+        entries=tuple(Entry.of_event(e["pk"], e["ts"], e["rcv"], tuple(e["src"]), e["e"], tuple(e.get("flags", ())))
                       for e in d["events"]),
         flush=d.get("fl", True),
     )

@@ -20,6 +20,7 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
+import core
 from core.feedback import feedback_row
 from core.settings import Settings
 from rules.loader import RuleSet, load_rules
@@ -280,6 +281,8 @@ def health(p: Pipeline) -> dict[str, Any]:
         "roles": p.settings.roles,
         "app_id": p.settings.app_id,
         "rules_digest": p.rules.digest,
+        # The core's per-event modules run compiled (core/native.py), or as plain Python (slower; same results).
+        "compiled_core": core.NATIVE,
         "uptime_s": round(time.time() - p.started_at, 1),
         "ingest": None if ing is None else {
             "running": ing.running,

@@ -29,7 +29,7 @@ def test_migrations_apply_once_in_order(sink):
 
 def test_a_retried_insert_adds_nothing_and_daily_counts_follow(sink):
     sink.migrate()
-    lines = [event_row(Entry("user_id:u1", 1_790_000_000_000 + i, 1_790_000_000_000, (0, i),
+    lines = [event_row(Entry.of_event("user_id:u1", 1_790_000_000_000 + i, 1_790_000_000_000, (0, i),
                              {"type": "track", "message_id": f"m{i}", "event": "retry_probe",
                               "identities": {"phone": "13800138000"}}), "o_1") for i in range(3)]
     sink.insert_json("events", lines, EVENT_COLUMNS, token="t:0:1:events", compact=True)
@@ -47,7 +47,7 @@ def test_inserts_of_different_partitions_run_side_by_side_and_a_retry_still_adds
     sink.migrate()
 
     def lines(partition: int) -> list[bytes]:
-        return [event_row(Entry(f"user_id:p{partition}-{i % 50}", 1_790_000_000_000 + i, 1_790_000_000_000,
+        return [event_row(Entry.of_event(f"user_id:p{partition}-{i % 50}", 1_790_000_000_000 + i, 1_790_000_000_000,
                                 (partition, i), {"type": "track", "message_id": f"side-{partition}-{i}",
                                                  "event": "side_by_side"}), f"o_side{partition}{i % 50}")
                 for i in range(5000)]
