@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+import core
 from cdp_cli.generate import generate
 from cdp_cli.ops import dlq_stats, publish_lines, query, read_topic, wait_processed
 from core.ids import oneid_for
@@ -41,6 +42,8 @@ def test_events_are_counted_exactly_once_and_bad_ones_go_to_the_dlq(deployment):
         run(wait_processed(s, timeout_s=180))
         assert count(s, "SELECT count() FROM cdp.events") == len(events)
         assert count(s, "SELECT uniqExact(message_id) FROM cdp.events") == len(events)
+        # The worker says whether its core runs compiled: built from these sources, it does (core/native.py).
+        assert (w.health() or {}).get("compiled_core") is core.NATIVE
     stats = run(dlq_stats(s))
     assert sum(stats.values()) == n_bad
     assert set(stats) <= {("decode", "invalid_json"), ("validate", "schema")}
