@@ -39,13 +39,17 @@ def source_digests(package_dir: Path) -> dict[str, str]:
 
 def usable_build(package_dir: Path) -> dict | None:
     """The build's manifest when the build matches this interpreter and every source, else None."""
+    root = native_dir(package_dir)
     try:
-        manifest = json.loads((native_dir(package_dir) / MANIFEST).read_bytes())
+        manifest = json.loads((root / MANIFEST).read_bytes())
         fresh = (manifest.get("ok") and manifest.get("ext_suffix") == EXT_SUFFIX
                  and manifest.get("sources") == source_digests(package_dir))
     except (OSError, ValueError, AttributeError):
         return None
-    return manifest if fresh else None
+    # Every library there: a module missing from the build would run as source beside compiled ones.
+    libraries = [root / f"{manifest.get('group')}{EXT_SUFFIX}",
+                 *(root / package_dir.name / f"{m}{EXT_SUFFIX}" for m in COMPILED)]
+    return manifest if fresh and all(p.is_file() for p in libraries) else None
 
 
 def enable(package_path: list[str]) -> bool:
@@ -61,11 +65,15 @@ def enable(package_path: list[str]) -> bool:
     # imports by its top-level name; it is loaded from the build directory, leaving sys.path alone.
     group = manifest["group"]
     if group not in sys.modules:
-        spec = importlib.util.spec_from_file_location(group, root / f"{group}{EXT_SUFFIX}")
-        if spec is None or spec.loader is None:
+        try:
+            spec = importlib.util.spec_from_file_location(group, root / f"{group}{EXT_SUFFIX}")
+            if spec is None or spec.loader is None:
+                return False
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[group] = module
+            spec.loader.exec_module(module)
+        except (ImportError, OSError):  # a library that does not load here: the sources run
+            sys.modules.pop(group, None)
             return False
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[group] = module
-        spec.loader.exec_module(module)
     package_path.insert(0, str(root / package_dir.name))
     return True

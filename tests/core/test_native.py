@@ -95,9 +95,13 @@ def _fake_package(tmp_path: Path) -> Path:
     for m in native.COMPILED:
         shutil.copy(ROOT / "core" / f"{m}.py", pkg)
     build = native.native_dir(pkg)
-    build.mkdir(parents=True)
+    (build / "core").mkdir(parents=True)
     (build / native.MANIFEST).write_text(json.dumps({
         "ok": True, "ext_suffix": native.EXT_SUFFIX, "group": "g__mypyc", "sources": native.source_digests(pkg)}))
+    # Libraries that are not libraries: enough for the checks before anything is loaded.
+    for lib in [build / f"g__mypyc{native.EXT_SUFFIX}", *(build / "core" / f"{m}{native.EXT_SUFFIX}"
+                                                          for m in native.COMPILED)]:
+        lib.write_bytes(b"not a library")
     return pkg
 
 
@@ -109,6 +113,17 @@ def test_a_build_is_used_only_while_every_source_is_the_one_compiled(tmp_path: P
         f.write("\n# edited\n")
     assert native.usable_build(pkg) is None
     assert native.enable([str(pkg)]) is False
+
+
+def test_a_build_missing_a_library_or_failing_to_load_is_not_used(tmp_path: Path) -> None:
+    pkg = _fake_package(tmp_path)
+    # Its libraries do not load: the package keeps its sources (and nothing half-loaded stays behind).
+    path = [str(pkg)]
+    assert native.enable(path) is False
+    assert path == [str(pkg)] and "g__mypyc" not in sys.modules
+    # One module's library gone: the others are not used either (compiled and source modules would mix).
+    (native.native_dir(pkg) / "core" / f"rows{native.EXT_SUFFIX}").unlink()
+    assert native.usable_build(pkg) is None
 
 
 def test_a_failed_or_foreign_build_is_not_used(tmp_path: Path) -> None:
