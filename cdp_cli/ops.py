@@ -133,10 +133,11 @@ async def dlq_stats(s: Settings) -> dict[tuple[str, str], int]:
 
 async def dlq_replay(s: Settings, since: datetime | None = None, reason: str | None = None,
                      stage: str | None = None) -> tuple[int, int]:
-    """Publish the original bytes of matching bad rows to the raw topic again (after a rule or schema fix).
+    """Publish the original bytes of matching bad rows to the raw topic again (after a rule or schema fix); rows
+    that record an envelope or timers that failed (``NOT_EVENTS``) are not events and stay where they are.
 
     Replaying twice duplicates nothing downstream: the events keep their messageId. Returns (replayed, seen)."""
-    from schemas.bad_rows import BadRow
+    from schemas.bad_rows import NOT_EVENTS, BadRow
 
     records = await read_topic(s, s.dlq_topic)
     producer = AIOKafkaProducer(**client_kwargs(s), acks="all", enable_idempotence=True, linger_ms=10)
@@ -151,6 +152,8 @@ async def dlq_replay(s: Settings, since: datetime | None = None, reason: str | N
             if stage and h.get("cdp-error-stage", b"").decode() != stage:
                 continue
             row = BadRow.model_validate_json(m.value)
+            if row.reason in NOT_EVENTS:  # a record of what failed, not an event
+                continue
             if since and datetime.fromisoformat(row.received_at.replace("Z", "+00:00")) < since:
                 continue
             headers = [(k, v.encode()) for k, v in row.headers.items() if not k.startswith("cdp-replayed")]

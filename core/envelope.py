@@ -18,9 +18,10 @@ stage decodes only what it reads:
                                                       (core.rows.EVENT_ROW_COLUMNS after the first)
 
 The whole event travels only when it holds what the row does not: raw identifiers or traits (the person stage
-keeps contacts from them) or a flag about it (an untrusted timestamp, kept as the app sent it). For any other
-event the row has it all (type, name, properties, campaign), so ``Entry.event`` is rebuilt from the row: most
-events are then never encoded twice, nor carried twice, nor decoded in the person stage at all.
+keeps contacts from them), an alias call's previousId, or a flag about it (an untrusted timestamp, kept as the
+app sent it). For any other event the row has it all (type, name, properties, campaign), so ``Entry.event`` is
+rebuilt from the row: most events are then never encoded twice, nor carried twice, nor decoded in the person
+stage at all.
 
 Lines are JSON as orjson writes it, which never contains a raw newline, so splitting on newlines is exact.
 """
@@ -34,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from core.clock import iso
 from core.rows import EVENT_ROW_COLUMNS, event_row_body
 
 # 4: metas without the messageId digest, which the person stage computes (3: with it, still read; 2: rows as
@@ -59,8 +61,8 @@ def message_digest(message_id: str) -> str:
 
 def _meta_fields(ev: dict[str, Any]) -> tuple[str, str, bool]:
     """What an envelope's meta says of an event: messageId, the event name, and whether the event holds what its
-    row does not (identifiers, traits)."""
-    return ev["message_id"], event_name(ev), bool(ev.get("identities") or ev.get("traits"))
+    row does not (identifiers, traits, an alias call's previousId)."""
+    return ev["message_id"], event_name(ev), bool(ev.get("identities") or ev.get("traits") or ev.get("previous_id"))
 
 
 class Entry:
@@ -140,6 +142,24 @@ def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int
 
 
 _ROW_BODY_COLUMNS = EVENT_ROW_COLUMNS[1:]
+
+
+def entry_event(en: Entry) -> dict[str, Any]:
+    """The event an entry carries, as an app could send it again (a dead-lettered event replayed by ``cdp dlq
+    replay``): with the identifier that names its person and, unless its own time was not trusted, its event time
+    and receive time, so the ingest makes the same entry of it again."""
+    ev = dict(en.event)
+    if not en.needs_body:  # rebuilt from the row, which keeps no raw identifier: the person key names it
+        kind, _, value = en.pk.partition(":")
+        if kind == "user_id" or kind == "anonymous_id":
+            ev[kind] = value
+        else:
+            ev["identities"] = {kind: value}
+    if not en.flags:  # a flagged event keeps the times the app sent: the ingest flags it again
+        ev.pop("sent_at", None)
+        ev["timestamp"] = iso(en.ts)
+        ev["received_at"] = iso(en.rcv)
+    return ev
 
 
 def _event_from_row(body: bytes) -> dict[str, Any]:

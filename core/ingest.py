@@ -115,6 +115,12 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
                     {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
                 ], now_ms))
                 continue
+            if "previous_id" not in d and d.get("type") == "alias":
+                # Valid as sent, but its previousId was a placeholder or blocked: nothing is left to alias.
+                res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [
+                    {"field": "previousId", "error": "an alias call's previousId was empty, a placeholder or blocked"}
+                ], now_ms))
+                continue
             received = d.get("received_at")
             taken = rec.timestamp or 0  # when the producer or broker stamped the record (producers set it)
             rcv = int(received.timestamp() * 1000) if received is not None else taken

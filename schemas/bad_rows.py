@@ -14,6 +14,10 @@ from pydantic import BaseModel, Field
 
 BAD_ROW_SCHEMA_VERSION = 2  # 2: original headers kept
 
+# Reasons whose payload is not an event but a record of what failed (an envelope of the internal topic, a person's
+# timers): kept for the operator, never replayed to the raw topic.
+NOT_EVENTS = frozenset({"bad_envelope", "timer_failed"})
+
 
 class Stage(StrEnum):
     decode = "decode"  # not JSON, or not a JSON object

@@ -25,6 +25,7 @@ from core.feedback import feedback_row
 from core.settings import Settings
 from rules.loader import RuleSet, load_rules
 from schemas.actions import Channel
+from schemas.bad_rows import BadRow
 from sinks.clickhouse import FEEDBACK_COLUMNS, ClickHouseSink
 from streams import metrics
 from streams.collector import Collector, mount_on_faust
@@ -177,10 +178,20 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
             return await state.producer.send(settings.action_topic(channel), value, key=key)
         return await action_topics[channel].send(key=key, value=value)
 
+    dlq_topic = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw")
+
+    async def send_bad_row(key: bytes | None, row: BadRow) -> Any:
+        value = row.model_dump_json().encode()
+        if state.producer is not None:
+            return await state.producer.send(settings.dlq_topic, value, key=key, headers=row.kafka_headers())
+        return await dlq_topic.send(key=key, value=value, headers=row.kafka_headers())
+
     state = TableState(table, None)
     stage = PersonStage(rules, state, sink, send_action, settings.partitions, settings.person_events_topic,
                         int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes,
-                        settings.state_cache_persons, settings.sink_insert_threads)
+                        settings.state_cache_persons, settings.sink_insert_threads,
+                        send_bad_row=send_bad_row, raw_topic=settings.raw_topic)
 
     @app.agent(person_topic, name="persons")
     async def persons(stream: faust.StreamT) -> None:
@@ -244,8 +255,6 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
 
     feedback_topic = app.topic(settings.feedback_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                                value_serializer="raw")
-    dlq_topic = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-                          value_serializer="raw")
 
     @app.agent(feedback_topic, name="feedback")
     async def feedback(stream: faust.StreamT) -> None:
@@ -294,6 +303,7 @@ def health(p: Pipeline) -> dict[str, Any]:
         "persons": None if stage is None else {
             "envelopes": stage.stats.envelopes, "events_sunk": stage.stats.events_sunk,
             "duplicates": stage.stats.duplicates, "actions": stage.stats.actions, "dropped": stage.stats.dropped,
+            "bad_rows": stage.stats.bad_rows,
             "last_sunk_at": stage.stats.last_sunk_at, "timers_pending": len(stage.timers),
             "stopped": stage.stopped,
         },

@@ -25,12 +25,14 @@ from typing import Any, Protocol
 import orjson
 
 from core.batching import BatchCutter, SinkBatch
-from core.envelope import Entry, NewerEnvelopeError, decode_envelope
+from core.clock import iso
+from core.envelope import Entry, NewerEnvelopeError, decode_envelope, entry_event
 from core.ids import partition_for
 from core.person import PersonState, apply_events, fire_due
 from core.rows import action_row, event_rows
 from core.timers import TimerQueue, WatermarkTracker
 from rules.loader import RuleSet
+from schemas.bad_rows import BadRow, Stage
 from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS, ClickHouseSink
 from streams import metrics
 
@@ -47,6 +49,9 @@ class StateStore(Protocol):
 
 # Sends one action (channel, key, value) and returns an awaitable acknowledgement.
 ActionSender = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+# Sends one bad row (key, row) to the dead-letter topic and returns an awaitable acknowledgement.
+BadRowSender = Callable[[bytes | None, BadRow], Awaitable[Awaitable[Any]]]
+KeyedBadRow = tuple[bytes | None, BadRow]
 
 
 @dataclass(slots=True)
@@ -66,6 +71,9 @@ class Effects:
     flush: bool = True
     envelopes: int = 1
     states: dict[str, bytes] = field(default_factory=dict)  # encoded persons, to write
+    # What this stage could not process, to the dead-letter topic: an undecodable envelope; the events of a
+    # person whose processing raised; a person whose timers raised (one of them never stops the partition).
+    bad_rows: list[KeyedBadRow] = field(default_factory=list)
 
 
 def merge_effects(batch: SinkBatch, topic: str) -> Effects:
@@ -78,12 +86,14 @@ def merge_effects(batch: SinkBatch, topic: str) -> Effects:
     lines: list[bytes] = []
     actions: list[tuple[str, str, dict[str, Any]]] = []
     persons: dict[str, PersonState] = {}
+    bad_rows: list[KeyedBadRow] = []
     for fx in parts:
         lines.extend(fx.event_lines)
         actions.extend(fx.actions)
         persons.update(fx.persons)
+        bad_rows.extend(fx.bad_rows)
     return Effects(parts[-1].seq, batch.partition, batch.token(topic), lines, actions, persons,
-                   sum(fx.cpu_s for fx in parts), batch.entries, parts[-1].flush, len(parts))
+                   sum(fx.cpu_s for fx in parts), batch.entries, parts[-1].flush, len(parts), bad_rows=bad_rows)
 
 
 @dataclass
@@ -92,6 +102,7 @@ class StageStats:
     events_sunk: int = 0
     duplicates: int = 0
     actions: int = 0
+    bad_rows: int = 0  # dead-lettered by this stage
     last_sunk_at: float | None = None  # wall clock of the last insert of event rows
     dropped: dict[str, int] = field(default_factory=dict)
 
@@ -100,11 +111,14 @@ class PersonStage:
     def __init__(self, rules: RuleSet, store: StateStore, sink: ClickHouseSink | None, send_action: ActionSender,
                  partitions: int, topic: str, dedupe_window_ms: int = 7 * 86_400_000,
                  batch_rows: int = 20_000, batch_envelopes: int = 50, cache_persons: int = 50_000,
-                 insert_threads: int = 1, checkpoint_rows: int | None = None):
+                 insert_threads: int = 1, checkpoint_rows: int | None = None,
+                 send_bad_row: BadRowSender | None = None, raw_topic: str = "cdp.events.raw"):
         self.rules = rules
         self.store = store
         self.sink = sink
         self.send_action = send_action
+        self.send_bad_row = send_bad_row  # None: bad rows are logged and counted only (tools, tests)
+        self.raw_topic = raw_topic  # where the events of an entry came from (a bad row's source)
         self.partitions = partitions
         self.topic = topic
         self.dedupe_window_ms = dedupe_window_ms
@@ -197,7 +211,12 @@ class PersonStage:
     def _load_timers(self) -> None:
         self.timers.clear()
         for k, v in self.store.items():
-            st = PersonState.from_bytes(v)
+            try:
+                st = PersonState.from_bytes(v)
+            except Exception as exc:  # that person's events are dead-lettered when they come (``process``)
+                log.error("stored state of %r cannot be read: %r", k, exc)
+                metrics.bad_rows.labels("process", "bad_state").inc()
+                continue
             due = st.next_deadline()
             if due is not None:
                 key = k.decode() if isinstance(k, bytes) else k
@@ -231,11 +250,13 @@ class PersonStage:
             self.stopped = f"envelope at {self.topic}:{partition}:{offset} is newer than this worker: upgrade it"
             log.critical(self.stopped)
             raise
-        except Exception as exc:  # a bad envelope is skipped and counted, never a crash
+        except Exception as exc:  # a bad envelope is dead-lettered and skipped, never a crash
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
-            metrics.bad_rows.labels("process", "bad_envelope").inc()
+            bad = BadRow.of(value, Stage.process, "bad_envelope", [{"field": "$", "error": repr(exc)}], iso(now_ms),
+                            source={"topic": self.topic, "partition": partition, "offset": offset})
             self._seq += 1
-            return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", [], [], {}, 0.0)
+            return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", [], [], {}, 0.0,
+                           bad_rows=[(None, bad)])
         by_person: dict[str, list[Entry]] = {}
         for en in env.entries:
             by_person.setdefault(en.pk, []).append(en)
@@ -243,10 +264,15 @@ class PersonStage:
         event_lines: list[bytes] = []
         actions: list[tuple[str, str, dict[str, Any]]] = []
         duplicates = 0
+        bad_rows: list[KeyedBadRow] = []
         for pk, entries in by_person.items():
-            st = self._state(states, partition, pk)
-            before = st.next_deadline()
-            res = apply_events(st, entries, self.rules, self.dedupe_window_ms)
+            try:
+                st = self._state(states, partition, pk)
+                before = st.next_deadline()
+                res = apply_events(st, entries, self.rules, self.dedupe_window_ms)
+            except Exception as exc:  # a bug or a corrupt stored state: this person's events, not the partition
+                bad_rows += self._unprocessable(pk, entries, exc, partition, offset, now_ms)
+                continue
             event_lines += event_rows(res.accepted, st.oneid)
             duplicates += res.duplicates
             if res.dropped:
@@ -260,8 +286,16 @@ class PersonStage:
         wm = self.watermarks.update(partition, env.source, env.watermark, now_ms)
         metrics.watermark_lag.labels(str(partition)).set(max(0.0, (now_ms - wm) / 1000))
         for pk in self.timers.pop_due(partition, wm):
-            st = self._state(states, partition, pk)
-            res = fire_due(st, wm, self.rules, now_ms)
+            try:
+                st = self._state(states, partition, pk)
+                res = fire_due(st, wm, self.rules, now_ms)
+            except Exception as exc:  # as above; the person's timers are not scheduled again until its next event
+                log.exception("timers of %s at %s:%s:%s failed", pk, self.topic, partition, offset)
+                bad_rows.append((pk.encode(), BadRow.of(
+                    orjson.dumps({"person_key": pk, "watermark": iso(wm)}), Stage.process, "timer_failed",
+                    [{"field": "$", "error": repr(exc)}], iso(now_ms),
+                    source={"topic": self.topic, "partition": partition, "offset": offset})))
+                continue
             actions.extend((a.channel, a.oneid, a.action) for a in res.actions)
             self._count_dropped(res.dropped)
             nxt = st.next_deadline()
@@ -275,7 +309,27 @@ class PersonStage:
             unwritten[pk] = self._seq
         return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", event_lines, actions,
                        states, time.perf_counter() - t0,
-                       len(env.entries), env.flush)
+                       len(env.entries), env.flush, bad_rows=bad_rows)
+
+    def _unprocessable(self, pk: str, entries: list[Entry], exc: Exception, partition: int, offset: int,
+                       now_ms: int) -> list[KeyedBadRow]:
+        """One bad row per event of a person whose processing raised, each with the event as an app could send
+        it again (``cdp dlq replay`` after the fix). What the failed call had already changed in the person's
+        state stays: a replayed event it had recorded as seen is then dropped as a duplicate."""
+        log.exception("person %s at %s:%s:%s: %d events dead-lettered", pk, self.topic, partition, offset,
+                      len(entries))
+        error = [{"field": "$", "error": repr(exc)}]
+        out: list[KeyedBadRow] = []
+        for en in entries:
+            try:
+                payload = orjson.dumps(entry_event(en))
+            except Exception:  # the entry itself is what failed: keep what is known of it
+                payload = orjson.dumps({"message_id": en.message_id, "person_key": pk})
+            out.append((pk.encode(), BadRow.of(
+                payload, Stage.process, "unprocessable", error, iso(now_ms),
+                source={"topic": self.raw_topic, "partition": en.src[0], "offset": en.src[1],
+                        "envelope": f"{self.topic}:{partition}:{offset}"})))
+        return out
 
     async def complete(self, fx: Effects) -> None:
         """Carry out a batch's effects: (1) ClickHouse, (2) action topics, (3) state. Call in batch order within a
@@ -294,6 +348,8 @@ class PersonStage:
         for ch, _, a in fx.actions:
             metrics.actions.labels(ch, a["rule_id"]).inc()
         self.stats.actions += len(fx.actions)
+        if fx.bad_rows:
+            await self._dead_letter(fx.bad_rows)
         await self._write_states(fx)
         self.stats.envelopes += fx.envelopes
         metrics.envelope_seconds.observe(fx.cpu_s + time.perf_counter() - t0)
@@ -343,6 +399,17 @@ class PersonStage:
                                   unique_keys=True, compact=True)
         with metrics.sink_seconds.labels("actions").time():
             self.sink.insert_json("actions", action_lines, ACTION_COLUMNS, token=f"{token}:actions")
+
+    async def _dead_letter(self, rows: list[KeyedBadRow]) -> None:
+        """Bad rows to the dead-letter topic, acknowledged before the batch's envelopes are (at-least-once, as
+        everything else a batch does)."""
+        if self.send_bad_row is not None:
+            acks = [await self.send_bad_row(key, row) for key, row in rows]
+            for ack in acks:
+                await ack
+        for _, row in rows:
+            metrics.bad_rows.labels(row.stage.value, row.reason).inc()
+        self.stats.bad_rows += len(rows)
 
     def _count_dropped(self, dropped: list) -> None:
         for d in dropped:

@@ -82,3 +82,16 @@ def test_a_replayed_archive_keeps_its_event_times():
     e = decode_entry(res.entries[0][0])
     assert e.ts == int(datetime(2026, 1, 1, 9, 59, 59, tzinfo=UTC).timestamp() * 1000)
     assert e.rcv == int(datetime(2026, 1, 1, 10, 0, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_an_alias_whose_previous_id_is_a_placeholder_is_a_bad_row_and_a_real_one_travels_whole():
+    # Nothing is left to alias once the placeholder is dropped; a real previousId is not in the row, so the event
+    # travels whole (the person stage, and a replay of it from the dead-letter topic, have it).
+    docs = [{"type": "alias", "messageId": "m1", "userId": "u1", "previousId": "undefined"},
+            {"type": "alias", "messageId": "m2", "userId": "u1", "previousId": "anon-7"}]
+    res = ingest_records([RawRecord("raw", 0, i, NOW, None, orjson.dumps(d)) for i, d in enumerate(docs)], RULES, 1,
+                         NOW)
+    [(_, bad)] = res.bad_rows
+    assert (bad.reason, bad.errors[0]["field"], bad.source["offset"]) == ("no_identifier", "previousId", 0)
+    [alias] = [decode_entry(e) for e in res.entries[0]]
+    assert alias.needs_body and alias.event["previous_id"] == "anon-7"

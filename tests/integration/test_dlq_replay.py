@@ -30,13 +30,16 @@ def test_replay_after_a_rule_fix_processes_each_event_once(deployment, tmp_path)
     with deployment.worker() as w:
         w.start()
         run(publish_lines(s, lines))
+        # And something on the internal topic that is no envelope: the person stage dead-letters it and goes on.
+        run(publish_lines(s, [b"not an envelope"], topic=s.person_events_topic))
         run(wait_processed(s, timeout_s=120))
-        assert run(dlq_stats(s)) == {("validate", "no_identifier"): 3}
+        assert run(dlq_stats(s)) == {("validate", "no_identifier"): 3, ("process", "bad_envelope"): 1}
     events.write_text(original)  # the fix
     with deployment.worker() as w:
         w.start()
-        assert run(dlq_replay(s, reason="no_identifier")) == (3, 3)
-        assert run(dlq_replay(s, reason="no_identifier")) == (3, 3)  # an operator replays twice
+        # Everything replayable is replayed; the envelope is not an event and stays where it is.
+        assert run(dlq_replay(s)) == (3, 4)
+        assert run(dlq_replay(s, reason="no_identifier")) == (3, 4)  # an operator replays twice
         run(wait_processed(s, timeout_s=120))
         got = query(s, "SELECT message_id FROM cdp.events ORDER BY message_id", "TabSeparated").decode().split()
     assert got == ["ok-1", "pos-0", "pos-1", "pos-2"]
