@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
     # Collector: how long to wait for Kafka's acknowledgement before answering 503 (retry).
     collector_ack_timeout_s: float = Field(default=10.0, gt=0)
+    # Collector: bytes of accepted events it may hold while Kafka has not acknowledged them. Past it, a request is
+    # answered 503 (retry) at once: a slow broker under a burst slows clients down instead of filling memory.
+    collector_max_inflight_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     # What this worker process runs: "ingest", "persons" or both. Ingest-only workers need no ClickHouse and no
     # state, so ingestion scales out separately from the person stage (which holds the embedded ClickHouse).
     roles: str = Field(default="ingest,persons", pattern=r"^(ingest|persons)(,(ingest|persons))?$")

@@ -38,6 +38,7 @@ class Collector:
         self.write_keys = [k.strip() for k in settings.write_keys.split(",") if k.strip()]
         self.producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self.inflight_bytes = 0  # accepted events waiting for Kafka's acknowledgement
 
     async def _get_producer(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -72,6 +73,13 @@ class Collector:
         # aiohttp has already inflated a gzip body, within the server's client_max_size.
         res = collect(kind, body, iso(int(time.time() * 1000)))
         if res.records:
+            size = sum(len(value) for _, value in res.records)
+            # Alone, a request always goes (a limit below one request's size must not refuse it for ever).
+            if self.inflight_bytes and self.inflight_bytes + size > self.s.collector_max_inflight_bytes:
+                metrics.collector_requests.labels(kind, "503").inc()
+                return 503, orjson.dumps({"success": False, "error": "collector busy, retry"}), \
+                    {**cors, "Retry-After": "1"}
+            self.inflight_bytes += size
             try:
                 producer = await self._get_producer()
                 futs = [await producer.send(self.s.raw_topic, value, key=key) for key, value in res.records]
@@ -83,6 +91,8 @@ class Collector:
                 metrics.collector_requests.labels(kind, "503").inc()
                 return 503, orjson.dumps({"success": False, "error": "event store unavailable, retry"}), \
                     {**cors, "Retry-After": "1"}
+            finally:
+                self.inflight_bytes -= size
         metrics.collector_requests.labels(kind, str(res.status)).inc()
         metrics.collector_events.labels("accepted").inc(len(res.records))
         metrics.collector_events.labels("rejected").inc(len(res.rejected))
