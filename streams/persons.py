@@ -215,7 +215,6 @@ class PersonStage:
                 st = PersonState.from_bytes(v)
             except Exception as exc:  # that person's events are dead-lettered when they come (``process``)
                 log.error("stored state of %r cannot be read: %r", k, exc)
-                metrics.bad_rows.labels("process", "bad_state").inc()
                 continue
             due = st.next_deadline()
             if due is not None:
