@@ -26,11 +26,12 @@ run() {
   echo "== events by name"
   cdp sql "SELECT event, count() AS events, uniqExact(oneid) AS persons FROM cdp.events GROUP BY event ORDER BY events DESC" --format pretty
   echo
-  echo "== actions emitted (rule, channel)"
-  cdp sql "SELECT rule_id, channel, template, count() AS actions, uniqExact(oneid) AS persons FROM cdp.actions GROUP BY rule_id, channel, template" --format pretty
+  echo "== actions emitted (rule, channel); the history is replayed in minutes, so the triggers of days ago fire now:"
+  echo "   senders drop those already past expires_at (sendable = the others)"
+  cdp sql "SELECT rule_id, channel, template, count() AS actions, uniqExact(oneid) AS persons, countIf(expires_at > created_at) AS sendable FROM cdp.actions GROUP BY rule_id, channel, template" --format pretty
   echo
-  echo "== one action, as the SMS sender receives it (cdp.actions.sms)"
-  cdp sql "SELECT action_id, oneid, rule_id, created_at, expires_at, reason FROM cdp.actions ORDER BY created_at LIMIT 1" --format vertical
+  echo "== the latest action, as the SMS sender receives it (cdp.actions.sms)"
+  cdp sql "SELECT action_id, oneid, rule_id, created_at, not_before, expires_at, reason FROM cdp.actions ORDER BY expires_at DESC, action_id LIMIT 1" --format vertical
   echo
   echo "== bad rows kept on ${CDP_TOPIC_PREFIX}.events.dlq (the demo appended 3 broken messages)"
   cdp dlq stats
