@@ -53,8 +53,19 @@ def pipeline(tmp_path):
             return None
         return ack()
 
+    dead: list[tuple[bytes | None, object]] = []
+
+    async def send_bad_row(key, row):
+        dead.append((key, row))
+
+        async def ack():
+            return None
+        return ack()
+
     p.stage.send_action = send_action
+    p.stage.send_bad_row = send_bad_row
     p.sent = sent
+    p.dead = dead
     p.app.finalize()
     p.app.flow_control.resume()
     return p
@@ -97,3 +108,16 @@ async def test_agent_sinks_events_keeps_state_and_fires_the_trigger_at_the_water
     state = PersonState.from_bytes(pipeline.stage.store.get(0, pk.encode()))
     assert state.n_events == 2 and state.pending == {} and "cart_not_paid_sms" in state.fired
     assert all(tok.startswith("agenttest.internal.events-by-person:0:") for _, _, tok in pipeline.sink.inserts)
+
+
+async def test_agent_dead_letters_an_undecodable_envelope_and_goes_on(pipeline):
+    pk = "user_id:u2"
+    view = {"type": "track", "message_id": "v1", "event": "product_view", "user_id": "u2"}
+    async with pipeline.persons_agent.test_context() as agent:
+        await agent.put(b"\x00 not an envelope", key=b"p0", partition=0)
+        await agent.put(envelope(T0, (pk, T0, view)), key=b"p0", partition=0)
+        await settled(pipeline, 2)
+    assert [r["message_id"] for r in pipeline.sink.rows("events")] == ["v1"]
+    [(key, row)] = pipeline.dead
+    assert (key, row.reason, row.original_bytes()) == (None, "bad_envelope", b"\x00 not an envelope")
+    assert row.source == {"topic": "agenttest.internal.events-by-person", "partition": 0, "offset": 0}
