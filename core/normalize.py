@@ -67,13 +67,18 @@ def normalize_identifier(id_type: str, value: Any, app_id: str | None = None) ->
 
 
 def app_id_of(ev: dict[str, Any]) -> str | None:
+    """The WeChat app an event's openids belong to. A placeholder is no app id (``0``, ``null``): the identity
+    cleaning drops it as such, and an openid scoped by it would be scoped again, differently, when the cleaned
+    event is read a second time (a replay from the dead-letter topic)."""
     ctx = ev.get("context") or {}
     wechat = ctx.get("wechat")
     if not isinstance(wechat, dict):
         wechat = {}
     for v in ((ev.get("identities") or {}).get("wechat_appid"), wechat.get("appid"), wechat.get("app_id")):
         if v:
-            return str(v).strip()
+            app_id = clean_id(v)
+            if app_id:
+                return app_id
     return None
 
 

@@ -1,12 +1,14 @@
 import json
+from datetime import datetime
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.clock import iso
 from core.envelope import decode_entry, decode_envelope, encode_envelopes
 from core.ids import partition_for
-from core.ingest import RawRecord, ingest_records, watermark
+from core.ingest import RawRecord, epoch_ms, ingest_records, watermark
 from schemas.bad_rows import Stage
 from tests.core.helpers import RULES
 
@@ -131,3 +133,14 @@ def test_envelopes_carry_the_whole_event_only_where_the_row_does_not_tell_it():
         "context": {"campaign": {"source": "sms"}}}
     assert identify.needs_body is True and identify.event["identities"] == {"phone": "13800138000"}
     assert b"13800138000" not in identify.row  # the row is masked; only the event body has the number
+
+
+@given(st.integers(0, 7_258_118_400_000), st.integers(0, 999))
+def test_event_times_are_exact_to_the_millisecond_both_ways(ms, micros):
+    """A time written by ``iso`` (actions, bad rows, a dead-lettered event sent again) reads back as the same
+    millisecond, and a time with microseconds is rounded down to its millisecond: no float a hair under the
+    integer (1970 to 2200)."""
+    written = iso(ms)
+    assert epoch_ms(datetime.fromisoformat(written.replace("Z", "+00:00"))) == ms
+    finer = datetime.fromisoformat(written.replace("Z", f"{micros:03d}+00:00"))
+    assert epoch_ms(finer) == ms

@@ -95,3 +95,15 @@ def test_an_alias_whose_previous_id_is_a_placeholder_is_a_bad_row_and_a_real_one
     assert (bad.reason, bad.errors[0]["field"], bad.source["offset"]) == ("no_identifier", "previousId", 0)
     [alias] = [decode_entry(e) for e in res.entries[0]]
     assert alias.needs_body and alias.event["previous_id"] == "anon-7"
+
+
+def test_an_openid_is_scoped_by_a_real_app_id_never_by_a_placeholder():
+    # The placeholder wechat_appid is dropped with the other placeholders; scoping by it gave "0:o-1", which read
+    # again (a replay from the dead-letter topic) became "wx9:0:o-1": another person.
+    raw = orjson.dumps({"type": "track", "messageId": "m1", "event": "x", "context": {"wechat": {"appid": "wx9"}},
+                        "identities": {"wechat_appid": "0", "wechat_openid": "o-1"}})
+    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
+    e = decode_entry(res.entries[0][0])
+    assert e.event["identities"] == {"wechat_openid": "wx9:o-1"}
+    again = ingest_records([RawRecord("raw", 0, 1, NOW, None, orjson.dumps(e.event))], RULES, 1, NOW)
+    assert decode_entry(again.entries[0][0]).pk == e.pk == "wechat_openid:wx9:o-1"
