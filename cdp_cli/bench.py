@@ -38,8 +38,10 @@ def bench_events(n: int, users: int, seed: int = 42) -> list[bytes]:
     return out[:n]
 
 
-async def raw_consume_rate(s: Settings, topic: str, n: int) -> float:
-    """Plain aiokafka: ``getmany`` batches and ``orjson.loads`` of every value, no group, from the start."""
+async def raw_consume_rate(s: Settings, topic: str, n: int) -> tuple[float, float]:
+    """Plain aiokafka: ``getmany`` batches and ``orjson.loads`` of every value, no group, from the start. The rate
+    timed from the first fetch (the figure the ratio has always used), and timed from the first records in hand
+    (the pipeline's own window starts there)."""
     c = AIOKafkaConsumer(**client_kwargs(s), enable_auto_commit=False, fetch_max_bytes=64 * 1024 * 1024,
                          max_partition_fetch_bytes=8 * 1024 * 1024)
     await c.start()
@@ -49,13 +51,17 @@ async def raw_consume_rate(s: Settings, topic: str, n: int) -> float:
         await c.seek_to_beginning(*tps)
         got = 0
         t0 = time.perf_counter()
+        t1 = None
         while got < n:
             batches = await c.getmany(timeout_ms=1000, max_records=10000)
+            if t1 is None and batches:
+                t1 = time.perf_counter()
             for msgs in batches.values():
                 for m in msgs:
                     orjson.loads(m.value)
                 got += len(msgs)
-        return n / (time.perf_counter() - t0)
+        end = time.perf_counter()
+        return n / (end - t0), n / (end - (t1 if t1 is not None else t0))
     finally:
         await c.stop()
 
@@ -168,16 +174,21 @@ def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: s
                     raise TimeoutError(f"pipeline did not sink {len(lines)} events; logs in {tmp}")
                 time.sleep(0.2)
         ingest = health[-1]["ingest"]
-        used = cpu.used(ingest["first_event_at"], persons["last_sunk_at"])
+        # From the ingest's first fetch, as the raw consumer is timed from its own (until session 9 the window
+        # started at the first record read, which left out the wait for the first records on this side only).
+        first_fetch = min(h["ingest"]["first_fetch_at"] for h in health if h.get("ingest"))
+        used = cpu.used(first_fetch, persons["last_sunk_at"])
         counted = int(query(s, "SELECT count() FROM cdp.events", "TabSeparated").strip())
         unique = int(query(s, "SELECT uniqExact(message_id) FROM cdp.events", "TabSeparated").strip())
     finally:
         for w in workers:
             w.stop()
-    eps = len(lines) / (persons["last_sunk_at"] - ingest["first_event_at"])
+    eps = len(lines) / (persons["last_sunk_at"] - first_fetch)
+    eps_from_record = len(lines) / (persons["last_sunk_at"] - ingest["first_event_at"])
     # CPU per event of each process over the measured window (it shows which stage costs what; docs/performance.md)
     cpu_us = {name: round(sec / len(lines) * 1e6, 1) for name, sec in used.items()}
-    return {"eps": eps, "counted": counted, "unique": unique, "envelopes": persons["envelopes"],
+    return {"eps": eps, "eps_from_first_record": eps_from_record, "counted": counted, "unique": unique,
+            "envelopes": persons["envelopes"],
             "raw_topic": s.raw_topic, "settings": s, "cpu_us_per_event": cpu_us}
 
 
@@ -251,20 +262,31 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         # The machine is shared and a single run of either side can be slowed by other work: both sides are
         # measured three times, alternating (raw, split, raw, split, raw, split), and each side's best run counts
         # (the raw consumer's best is the hardest baseline to compare against).
-        raws: list[float] = []
+        raw_runs: list[tuple[float, float]] = []
         splits = []
         for i in range(3):
-            raws.append(asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines))))
+            raw_runs.append(asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines))))
             splits.append(_pipeline_rate(lines, tmp, port + 5 * (i + 1), split=True, run=run))
+        raws = [r[0] for r in raw_runs]
         raw_eps = max(raws)
         split = max(splits, key=lambda r: r["eps"])
         best = max(one["eps"], split["eps"])
+        # Both sides are timed from their first fetch (the ratio). Also both from their first records in hand: the
+        # raw consumer's steady rate, against which the pipeline compares worse; and the definition sessions 2-8
+        # used, the pipeline from its first record against the raw consumer from its first fetch, which favoured
+        # the pipeline by the wait for its first records (docs/performance.md, "The benchmark").
+        best_from_record = max(r["eps_from_first_record"] for r in [one, *splits])
+        raw_from_records = max(r[1] for r in raw_runs)
         result: dict[str, Any] = {
             "events": len(lines),
             "raw_consume_eps": round(raw_eps),
             "pipeline_eps": round(best),
             "ratio": round(best / raw_eps, 3),
             "raw_consume_eps_runs": [round(r) for r in raws],
+            "ratio_both_from_first_records": round(best_from_record / raw_from_records, 3),
+            "ratio_as_sessions_2_to_8": round(best_from_record / raw_eps, 3),
+            "pipeline_eps_from_first_record": round(best_from_record),
+            "raw_consume_eps_from_first_records": round(raw_from_records),
             "pipeline_eps_one_process": round(one["eps"]),
             "pipeline_eps_ingest_and_persons_processes": round(split["eps"]),
             "pipeline_eps_ingest_and_persons_processes_runs": [round(r["eps"]) for r in splits],

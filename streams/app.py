@@ -298,7 +298,7 @@ def health(p: Pipeline) -> dict[str, Any]:
             "source": ing.source,
             "assigned": sorted(tp.partition for tp in ing.consumer.assignment()) if ing.consumer else [],
             "records_in": ing.records_in,
-            "first_event_at": ing.first_event_at,
+            "first_event_at": ing.first_event_at, "first_fetch_at": ing.first_fetch_at,
         },
         "persons": None if stage is None else {
             "envelopes": stage.stats.envelopes, "events_sunk": stage.stats.events_sunk,

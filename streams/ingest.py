@@ -42,6 +42,9 @@ class Ingest:
         self.max_ts: dict[int, int] = {}  # raw partition -> greatest event time read
         self.running = False
         self.first_event_at: float | None = None
+        # Wall clock of the first fetch (the first ``getmany``): with ``first_event_at`` it shows how long the first
+        # records took to come (``cdp bench`` reports the rate from each).
+        self.first_fetch_at: float | None = None
         self.records_in = 0
         self._stopping = asyncio.Event()
         self._last_heartbeat = 0.0
@@ -102,6 +105,8 @@ class Ingest:
                 # Waiting for input is short while some partition's events wait for a flush mark.
                 timeout_s = min(self.s.heartbeat_s, self.s.sink_flush_ms / 1000) if self._unflushed \
                     else self.s.heartbeat_s
+                if self.first_fetch_at is None:
+                    self.first_fetch_at = time.time()
                 batches = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000),
                                                       max_records=self.s.ingest_batch)
                 if batches:
