@@ -12,4 +12,3 @@ def iso(ms: int) -> str:
     seconds, millis = divmod(ms, 1000)
     t = datetime.fromtimestamp(seconds, UTC).replace(microsecond=millis * 1000)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-

@@ -269,8 +269,7 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
                     out.source = {"topic": ev.message.topic, "partition": ev.message.partition,
                                   "offset": ev.message.offset}
                     metrics.bad_rows.labels(out.stage.value, out.reason).inc()
-                    await dlq_topic.send(key=ev.key, value=out.model_dump_json().encode(),
-                                         headers=out.kafka_headers())
+                    await send_bad_row(ev.key, out)
             if lines and sink is not None:
                 first = events[0].message
                 token = f"{first.topic}:{first.partition}:{first.offset}:{len(events)}"

@@ -54,6 +54,11 @@ BadRowSender = Callable[[bytes | None, BadRow], Awaitable[Awaitable[Any]]]
 KeyedBadRow = tuple[bytes | None, BadRow]
 
 
+def _failure(payload: bytes, reason: str, exc: Exception, now_ms: int, **source: Any) -> BadRow:
+    """A bad row of this stage: what failed (``payload``), why, and where it was read."""
+    return BadRow.of(payload, Stage.process, reason, [{"field": "$", "error": repr(exc)}], iso(now_ms), source=source)
+
+
 @dataclass(slots=True)
 class Effects:
     """What one envelope (or a batch of them) must do outside the process, computed up front so the next
@@ -251,8 +256,7 @@ class PersonStage:
             raise
         except Exception as exc:  # a bad envelope is dead-lettered and skipped, never a crash
             log.error("undecodable envelope at %s:%s:%s: %r", self.topic, partition, offset, exc)
-            bad = BadRow.of(value, Stage.process, "bad_envelope", [{"field": "$", "error": repr(exc)}], iso(now_ms),
-                            source={"topic": self.topic, "partition": partition, "offset": offset})
+            bad = _failure(value, "bad_envelope", exc, now_ms, topic=self.topic, partition=partition, offset=offset)
             self._seq += 1
             return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", [], [], {}, 0.0,
                            bad_rows=[(None, bad)])
@@ -290,10 +294,9 @@ class PersonStage:
                 res = fire_due(st, wm, self.rules, now_ms)
             except Exception as exc:  # as above; the person's timers are not scheduled again until its next event
                 log.exception("timers of %s at %s:%s:%s failed", pk, self.topic, partition, offset)
-                bad_rows.append((pk.encode(), BadRow.of(
-                    orjson.dumps({"person_key": pk, "watermark": iso(wm)}), Stage.process, "timer_failed",
-                    [{"field": "$", "error": repr(exc)}], iso(now_ms),
-                    source={"topic": self.topic, "partition": partition, "offset": offset})))
+                record = orjson.dumps({"person_key": pk, "watermark": iso(wm)})
+                bad_rows.append((pk.encode(), _failure(record, "timer_failed", exc, now_ms, topic=self.topic,
+                                                       partition=partition, offset=offset)))
                 continue
             actions.extend((a.channel, a.oneid, a.action) for a in res.actions)
             self._count_dropped(res.dropped)
@@ -317,22 +320,21 @@ class PersonStage:
         state stays: a replayed event it had recorded as seen is then dropped as a duplicate."""
         log.exception("person %s at %s:%s:%s: %d events dead-lettered", pk, self.topic, partition, offset,
                       len(entries))
-        error = [{"field": "$", "error": repr(exc)}]
         out: list[KeyedBadRow] = []
         for en in entries:
             try:
                 payload = orjson.dumps(entry_event(en))
             except Exception:  # the entry itself is what failed: keep what is known of it
                 payload = orjson.dumps({"message_id": en.message_id, "person_key": pk})
-            out.append((pk.encode(), BadRow.of(
-                payload, Stage.process, "unprocessable", error, iso(now_ms),
-                source={"topic": self.raw_topic, "partition": en.src[0], "offset": en.src[1],
-                        "envelope": f"{self.topic}:{partition}:{offset}"})))
+            out.append((pk.encode(), _failure(payload, "unprocessable", exc, now_ms, topic=self.raw_topic,
+                                              partition=en.src[0], offset=en.src[1],
+                                              envelope=f"{self.topic}:{partition}:{offset}")))
         return out
 
     async def complete(self, fx: Effects) -> None:
-        """Carry out a batch's effects: (1) ClickHouse, (2) action topics, (3) state. Call in batch order within a
-        partition; batches of different partitions may be carried out at the same time (they share no person)."""
+        """Carry out a batch's effects: (1) ClickHouse, (2) action topics and dead-letter topic, (3) state. Call in
+        batch order within a partition; batches of different partitions may be carried out at the same time (they
+        share no person)."""
         t0 = time.perf_counter()
         if self.sink is not None and (fx.event_lines or fx.actions):
             lines = [action_row(a) for _, _, a in fx.actions]
@@ -341,14 +343,19 @@ class PersonStage:
                 self.stats.last_sunk_at = time.time()
         self.stats.events_sunk += len(fx.event_lines)
         metrics.events_sunk.inc(len(fx.event_lines))
+        # Actions and bad rows sent together, all acknowledged before the state is written and the batch's
+        # envelopes are (at-least-once). Without a sender (tools, tests) bad rows are only logged and counted.
         acks = [await self.send_action(ch, oneid.encode(), orjson.dumps(a)) for ch, oneid, a in fx.actions]
+        if self.send_bad_row is not None:
+            acks += [await self.send_bad_row(key, row) for key, row in fx.bad_rows]
         for ack in acks:
             await ack
         for ch, _, a in fx.actions:
             metrics.actions.labels(ch, a["rule_id"]).inc()
         self.stats.actions += len(fx.actions)
-        if fx.bad_rows:
-            await self._dead_letter(fx.bad_rows)
+        for _, row in fx.bad_rows:
+            metrics.bad_rows.labels(row.stage.value, row.reason).inc()
+        self.stats.bad_rows += len(fx.bad_rows)
         await self._write_states(fx)
         self.stats.envelopes += fx.envelopes
         metrics.envelope_seconds.observe(fx.cpu_s + time.perf_counter() - t0)
@@ -398,17 +405,6 @@ class PersonStage:
                                   unique_keys=True, compact=True)
         with metrics.sink_seconds.labels("actions").time():
             self.sink.insert_json("actions", action_lines, ACTION_COLUMNS, token=f"{token}:actions")
-
-    async def _dead_letter(self, rows: list[KeyedBadRow]) -> None:
-        """Bad rows to the dead-letter topic, acknowledged before the batch's envelopes are (at-least-once, as
-        everything else a batch does)."""
-        if self.send_bad_row is not None:
-            acks = [await self.send_bad_row(key, row) for key, row in rows]
-            for ack in acks:
-                await ack
-        for _, row in rows:
-            metrics.bad_rows.labels(row.stage.value, row.reason).inc()
-        self.stats.bad_rows += len(rows)
 
     def _count_dropped(self, dropped: list) -> None:
         for d in dropped:
