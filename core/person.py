@@ -6,6 +6,7 @@ scores, journeys) extend it. It is written once per person per envelope.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import orjson
 from core.clock import iso
 from core.envelope import Entry
 from core.ids import action_id, oneid_for
+from core.rows import event_rows
 from rules.loader import RuleSet, TriggerRule
 
 STATE_VERSION = 2
@@ -139,6 +141,50 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
     res.duplicates = duplicates
     _prune_seen(state, dedupe_window_ms)
     return res
+
+
+@dataclass(slots=True)
+class Fold:
+    """The events of one envelope folded into their persons' states (``fold_entries``)."""
+
+    event_lines: list[bytes] = field(default_factory=list)  # ClickHouse rows of the new events, person by person
+    duplicates: int = 0
+    dropped: list[Dropped] = field(default_factory=list)
+    deadlines: list[tuple[str, int]] = field(default_factory=list)  # persons whose next deadline changed
+    # Persons whose fold raised (a bug, or a stored state that cannot be read): their events and the error. The
+    # other persons' events are folded all the same: one person never stops a partition.
+    failed: list[tuple[str, list[Entry], Exception]] = field(default_factory=list)
+
+
+def fold_entries(entries: Sequence[Entry], state_of: Callable[[str], PersonState], rules: RuleSet,
+                 dedupe_window_ms: int = DEDUPE_WINDOW_MS) -> Fold:
+    """Fold an envelope's events person by person (``apply_events``), in the order persons first appear.
+    ``state_of`` gives a person's current state object (which this changes in place)."""
+    by_person: dict[str, list[Entry]] = {}
+    for en in entries:
+        group = by_person.get(en.pk)
+        if group is None:
+            by_person[en.pk] = [en]
+        else:
+            group.append(en)
+    out = Fold()
+    lines = out.event_lines
+    for pk, group in by_person.items():
+        try:
+            st = state_of(pk)
+            before = st.next_deadline()
+            res = apply_events(st, group, rules, dedupe_window_ms)
+        except Exception as exc:  # a bug or a corrupt stored state: the adapter dead-letters these events
+            out.failed.append((pk, group, exc))
+            continue
+        lines += event_rows(res.accepted, st.oneid)
+        out.duplicates += res.duplicates
+        if res.dropped:
+            out.dropped += res.dropped
+        after = st.next_deadline()
+        if after is not None and after != before:
+            out.deadlines.append((pk, after))
+    return out
 
 
 def _update_contacts(state: PersonState, ids: dict[str, Any], traits: dict[str, Any]) -> None:

@@ -28,8 +28,8 @@ from core.batching import BatchCutter, SinkBatch
 from core.clock import iso
 from core.envelope import Entry, NewerEnvelopeError, decode_envelope, entry_event
 from core.ids import partition_for
-from core.person import PersonState, apply_events, fire_due
-from core.rows import action_row, event_rows
+from core.person import PersonState, fire_due, fold_entries
+from core.rows import action_row
 from core.timers import TimerQueue, WatermarkTracker
 from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
@@ -260,29 +260,19 @@ class PersonStage:
             self._seq += 1
             return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", [], [], {}, 0.0,
                            bad_rows=[(None, bad)])
-        by_person: dict[str, list[Entry]] = {}
-        for en in env.entries:
-            by_person.setdefault(en.pk, []).append(en)
         states: dict[str, PersonState] = {}
-        event_lines: list[bytes] = []
-        actions: list[tuple[str, str, dict[str, Any]]] = []
-        duplicates = 0
         bad_rows: list[KeyedBadRow] = []
-        for pk, entries in by_person.items():
-            try:
-                st = self._state(states, partition, pk)
-                before = st.next_deadline()
-                res = apply_events(st, entries, self.rules, self.dedupe_window_ms)
-            except Exception as exc:  # a bug or a corrupt stored state: this person's events, not the partition
-                bad_rows += self._unprocessable(pk, entries, exc, partition, offset, now_ms)
-                continue
-            event_lines += event_rows(res.accepted, st.oneid)
-            duplicates += res.duplicates
-            if res.dropped:
-                self._count_dropped(res.dropped)
-            after = st.next_deadline()
-            if after is not None and after != before:
-                self.timers.schedule(partition, after, pk)
+        fold = fold_entries(env.entries, lambda pk: self._state(states, partition, pk), self.rules,
+                            self.dedupe_window_ms)
+        for pk, entries, exc in fold.failed:
+            bad_rows += self._unprocessable(pk, entries, exc, partition, offset, now_ms)
+        if fold.dropped:
+            self._count_dropped(fold.dropped)
+        for pk, due in fold.deadlines:
+            self.timers.schedule(partition, due, pk)
+        event_lines = fold.event_lines
+        actions: list[tuple[str, str, dict[str, Any]]] = []
+        duplicates = fold.duplicates
         # Counted once per envelope: a Prometheus counter takes a lock at every call.
         self.stats.duplicates += duplicates
         metrics.duplicates.inc(duplicates)
@@ -318,8 +308,8 @@ class PersonStage:
         """One bad row per event of a person whose processing raised, each with the event as an app could send
         it again (``cdp dlq replay`` after the fix). What the failed call had already changed in the person's
         state stays: a replayed event it had recorded as seen is then dropped as a duplicate."""
-        log.exception("person %s at %s:%s:%s: %d events dead-lettered", pk, self.topic, partition, offset,
-                      len(entries))
+        log.error("person %s at %s:%s:%s: %d events dead-lettered", pk, self.topic, partition, offset,
+                  len(entries), exc_info=exc)
         out: list[KeyedBadRow] = []
         for en in entries:
             try:

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.ids import action_id
-from core.person import PersonState, apply_events, fire_due
+from core.person import PersonState, apply_events, fire_due, fold_entries
 from tests.core.helpers import HOUR, RULES, T0, entry, identify
 
 
@@ -71,6 +71,30 @@ def test_no_contact_is_dropped_with_a_reason():
     apply_events(st, [entry("add_to_cart", T0, "m1")], RULES)
     res = fire_due(st, T0 + HOUR, RULES, T0)
     assert res.actions == [] and res.dropped[0].reason == "no_contact"
+
+
+def test_an_envelope_folds_person_by_person_and_one_failing_person_leaves_the_others_whole():
+    """``fold_entries``: each person's events folded together into their state, rows in the order persons first
+    appear, a changed deadline reported, duplicates counted; a person whose fold raises is handed back with
+    their events, and the others' events are folded as if it were not there."""
+    states: dict[str, PersonState] = {}
+
+    def state_of(pk: str) -> PersonState:
+        if pk == "user_id:bob":
+            raise RuntimeError("a state that cannot be read")
+        return states.setdefault(pk, PersonState.new(pk))
+
+    ann, bob, cy = "user_id:ann", "user_id:bob", "user_id:cy"
+    envelope = [entry("product_view", T0, "a1", ann), entry("add_to_cart", T0 + 1, "b1", bob),
+                entry("add_to_cart", T0 + 2, "c1", cy), entry("product_view", T0 + 3, "a2", ann),
+                entry("product_view", T0 + 4, "a2", ann), entry("order_paid", T0 + 5, "b2", bob)]
+    fold = fold_entries(envelope, state_of, RULES)
+    assert [orjson.loads(b"[0" + line[line.index(b","):])[1] for line in fold.event_lines] == ["a1", "a2", "c1"]
+    assert fold.duplicates == 1 and states[ann].n_events == 2 and states[cy].n_events == 1
+    assert fold.deadlines == [(cy, T0 + 2 + HOUR)]  # cy's cart armed the trigger; ann has none
+    [(pk, failed, exc)] = fold.failed
+    assert (pk, [en.message_id for en in failed], str(exc)) == (bob, ["b1", "b2"], "a state that cannot be read")
+    assert bob not in states
 
 
 ids = st.text("abc", min_size=1, max_size=3)
