@@ -1,7 +1,7 @@
 """Per-person state and the person stage (pure): events and watermarks in, new state, sink rows and actions out.
 
 One ``PersonState`` per person is the only per-person state the pipeline keeps; later stages (identity, tags,
-scores, journeys) extend it. It is written once per person per envelope.
+scores, journeys) extend it. It is written once per person per checkpoint (docs/architecture.md).
 """
 
 from __future__ import annotations

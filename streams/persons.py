@@ -282,7 +282,7 @@ class PersonStage:
             try:
                 st = self._state(states, partition, pk)
                 res = fire_due(st, wm, self.rules, now_ms)
-            except Exception as exc:  # as above; the person's timers are not scheduled again until its next event
+            except Exception as exc:  # this person's timers, not the partition: not scheduled again till its next event
                 log.exception("timers of %s at %s:%s:%s failed", pk, self.topic, partition, offset)
                 record = orjson.dumps({"person_key": pk, "watermark": iso(wm)})
                 bad_rows.append((pk.encode(), _failure(record, "timer_failed", exc, now_ms, topic=self.topic,
