@@ -76,9 +76,7 @@ class Collector:
             size = sum(len(value) for _, value in res.records)
             # Alone, a request always goes (a limit below one request's size must not refuse it for ever).
             if self.inflight_bytes and self.inflight_bytes + size > self.s.collector_max_inflight_bytes:
-                metrics.collector_requests.labels(kind, "503").inc()
-                return 503, orjson.dumps({"success": False, "error": "collector busy, retry"}), \
-                    {**cors, "Retry-After": "1"}
+                return _retry_later(kind, "collector busy, retry", cors)
             self.inflight_bytes += size
             try:
                 producer = await self._get_producer()
@@ -88,15 +86,19 @@ class Collector:
                 log.warning("collector: broker did not acknowledge, answering 503: %r", exc)
                 if not isinstance(exc, TimeoutError | KafkaError | OSError):
                     await self.stop()  # an unexpected producer state: start a fresh one for the next request
-                metrics.collector_requests.labels(kind, "503").inc()
-                return 503, orjson.dumps({"success": False, "error": "event store unavailable, retry"}), \
-                    {**cors, "Retry-After": "1"}
+                return _retry_later(kind, "event store unavailable, retry", cors)
             finally:
                 self.inflight_bytes -= size
         metrics.collector_requests.labels(kind, str(res.status)).inc()
         metrics.collector_events.labels("accepted").inc(len(res.records))
         metrics.collector_events.labels("rejected").inc(len(res.rejected))
         return res.status, orjson.dumps(res.response()), cors
+
+
+def _retry_later(kind: str, error: str, cors: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    """503 with Retry-After: nothing of the request was stored, and the client should send it again."""
+    metrics.collector_requests.labels(kind, "503").inc()
+    return 503, orjson.dumps({"success": False, "error": error}), {**cors, "Retry-After": "1"}
 
 
 def mount_on_faust(app: Any, collector: Collector) -> None:

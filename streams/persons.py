@@ -270,12 +270,10 @@ class PersonStage:
             self._count_dropped(fold.dropped)
         for pk, due in fold.deadlines:
             self.timers.schedule(partition, due, pk)
-        event_lines = fold.event_lines
-        actions: list[tuple[str, str, dict[str, Any]]] = []
-        duplicates = fold.duplicates
         # Counted once per envelope: a Prometheus counter takes a lock at every call.
-        self.stats.duplicates += duplicates
-        metrics.duplicates.inc(duplicates)
+        self.stats.duplicates += fold.duplicates
+        metrics.duplicates.inc(fold.duplicates)
+        actions: list[tuple[str, str, dict[str, Any]]] = []
         wm = self.watermarks.update(partition, env.source, env.watermark, now_ms)
         metrics.watermark_lag.labels(str(partition)).set(max(0.0, (now_ms - wm) / 1000))
         for pk in self.timers.pop_due(partition, wm):
@@ -299,7 +297,7 @@ class PersonStage:
             cache.pop(pk, None)  # to the most recently used end
             cache[pk] = (partition, st)
             unwritten[pk] = self._seq
-        return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", event_lines, actions,
+        return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", fold.event_lines, actions,
                        states, time.perf_counter() - t0,
                        len(env.entries), env.flush, bad_rows=bad_rows)
 
