@@ -30,8 +30,8 @@ import orjson
 import core
 from core.envelope import decode_envelope, encode_envelopes
 from core.ingest import RawRecord, ingest_records
-from core.person import PersonState, apply_events, fire_due
-from core.rows import action_row, event_rows
+from core.person import PersonState, fire_due, fold_entries
+from core.rows import action_row
 from core.settings import Settings
 from rules.loader import load_rules
 
@@ -50,14 +50,12 @@ for start in range(0, len(events), 997):
     for part in sorted(res.entries):
         for env in encode_envelopes("src", now - 9000, res.entries[part]):
             out.append(env)
-            by_person = {}
-            for en in decode_envelope(env).entries:
-                by_person.setdefault(en.pk, []).append(en)
-            for pk, entries in by_person.items():
-                st = states.setdefault(pk, PersonState.new(pk))
-                done = apply_events(st, entries + entries[:1], rules)  # and one again: a duplicate
-                out += event_rows(done.accepted, st.oneid)
-                out.append(orjson.dumps(["duplicates", done.duplicates, [d.reason for d in done.dropped]]))
+            entries = list(decode_envelope(env).entries)
+            # As the person stage folds an envelope, with its first event once more: a duplicate.
+            done = fold_entries(entries + entries[:1], lambda pk: states.setdefault(pk, PersonState.new(pk)), rules)
+            out += done.event_lines
+            out.append(orjson.dumps(["duplicates", done.duplicates, [d.reason for d in done.dropped],
+                                     done.deadlines, [(pk, repr(exc)) for pk, _, exc in done.failed]]))
 for pk in sorted(states):
     fired = fire_due(states[pk], now, rules, now)
     out += [action_row(a.action) for a in fired.actions]
