@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from core import exact_json
 from schemas.events import Event, EventType, field_errors
 
 MAX_EVENT_BYTES = 32 * 1024
@@ -72,7 +73,7 @@ def collect(kind: str, raw: bytes, received_at: str | None = None) -> CollectRes
     if len(raw) > MAX_REQUEST_BYTES:
         return CollectResult(413, error=f"request larger than {MAX_REQUEST_BYTES} bytes")
     try:
-        doc = orjson.loads(raw)
+        doc = exact_json.loads(raw)  # integers past 64 bits kept whole, as the raw topic's path keeps them
     except orjson.JSONDecodeError as exc:
         return CollectResult(400, error=f"body is not JSON: {exc}")
     if not isinstance(doc, dict):
@@ -103,7 +104,7 @@ def collect(kind: str, raw: bytes, received_at: str | None = None) -> CollectRes
             item = {**item, "receivedAt": received_at}
         mid = item.get("messageId") or item.get("message_id")
         try:
-            value = orjson.dumps(item)
+            value = exact_json.dumps(item)
         except TypeError as exc:  # nested deeper than 255 levels: no step after this could carry it either
             res.rejected.append({"index": i, "messageId": mid, "errors": [{"field": "$", "error": str(exc)}]})
             continue

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from core import exact_json
 from core.clock import iso
 from core.rows import EVENT_ROW_COLUMNS, event_row_body
 
@@ -148,7 +150,14 @@ def entry_event(en: Entry) -> dict[str, Any]:
     """The event an entry carries, as an app could send it again (a dead-lettered event replayed by ``cdp dlq
     replay``): with the identifier that names its person and, unless its own time was not trusted, its event time
     and receive time, so the ingest makes the same entry of it again."""
-    ev = dict(en.event)
+    # Read again from its bytes with every integer whole: ``Entry.event`` reads one past 64 bits as a float, which
+    # does for rules, but this event is written out again.
+    if en._body:
+        ev: dict[str, Any] = exact_json.loads(en._body)
+    elif en._event is not None:
+        ev = dict(en._event)
+    else:
+        ev = _event_from_row(en.row, exact_json.loads)
     if not en.needs_body:  # rebuilt from the row, which keeps no raw identifier: the person key names it
         kind, _, value = en.pk.partition(":")
         if kind == "user_id" or kind == "anonymous_id":
@@ -162,9 +171,9 @@ def entry_event(en: Entry) -> dict[str, Any]:
     return ev
 
 
-def _event_from_row(body: bytes) -> dict[str, Any]:
+def _event_from_row(body: bytes, loads: Callable[[bytes], Any] = orjson.loads) -> dict[str, Any]:
     """The event as far as its row tells it (events that carried no identifiers, traits or flags)."""
-    row = dict(zip(_ROW_BODY_COLUMNS, orjson.loads(body), strict=True))
+    row = dict(zip(_ROW_BODY_COLUMNS, loads(body), strict=True))
     ev: dict[str, Any] = {"type": row["type"], "message_id": row["message_id"]}
     if row["type"] == "track":
         ev["event"] = row["event"]
@@ -172,7 +181,7 @@ def _event_from_row(body: bytes) -> dict[str, Any]:
         ev["name"] = row["name"]
     props = row["properties"]
     if isinstance(props, str):  # rows of the first envelope layouts carried the text
-        props = orjson.loads(props)
+        props = loads(props.encode())
     if props:
         ev["properties"] = props
     campaign = {k: row[f"campaign_{k}"] for k in ("source", "medium", "name") if row[f"campaign_{k}"]}

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from core.clock import iso
 from core.envelope import EncodedEntry, encode_entry
+from core.exact_json import with_exact_integers
 from core.ids import partition_for, person_key
 from core.normalize import clean_event
 from rules.loader import RuleSet
@@ -143,10 +144,14 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
             elif ts < 0:
                 flags, ts = ["past_timestamp"], rcv
             target = partition_for(pk, partitions)
-            entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, d, flags)
+            try:
+                entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, d, flags)
+            except TypeError:
+                # An integer past 64 bits, which JSON allows and orjson does not write: carried with its digits.
+                entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, with_exact_integers(d), flags)
         except Exception as exc:
-            # Valid by the schema, but a step after it failed (an integer past 64 bits in its properties cannot be
-            # encoded, found in session 5): dead-lettered, never a stopped partition.
+            # Valid by the schema, but a step after it failed (nothing known does): dead-lettered, never a stopped
+            # partition.
             res.bad_rows.append(_bad(rec, Stage.process, "unprocessable", [{"field": "$", "error": repr(exc)}],
                                      now_ms))
             continue

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from core import exact_json
 from core.batching import BatchCutter, SinkBatch
 from core.clock import iso
 from core.envelope import Entry, NewerEnvelopeError, decode_envelope, entry_event
@@ -311,7 +312,7 @@ class PersonStage:
         out: list[KeyedBadRow] = []
         for en in entries:
             try:
-                payload = orjson.dumps(entry_event(en))
+                payload = exact_json.dumps(entry_event(en))
             except Exception:  # the entry itself is what failed: keep what is known of it
                 payload = orjson.dumps({"message_id": en.message_id, "person_key": pk})
             out.append((pk.encode(), _failure(payload, "unprocessable", exc, now_ms, topic=self.raw_topic,
