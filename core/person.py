@@ -112,34 +112,44 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
     triggers = rules.triggers_by_event
     # Locals: this loop runs for every event the person stage takes.
     seen, counts, last_seen, accepted = state.seen, state.counts, state.last_seen, res.accepted
-    n, first, last, duplicates = state.n_events, state.first_ts, state.last_ts, 0
-    for en in sorted(entries, key=_event_time) if len(entries) > 1 else entries:
-        mid = en.digest
-        if mid in seen:
-            duplicates += 1
-            continue
-        ts = en.ts
-        seen[mid] = ts
-        accepted.append(en)
-        name = en.name
-        n += 1
-        if first == 0 or ts < first:
-            first = ts
-        if ts > last:
-            last = ts
-        counts[name] = counts.get(name, 0) + 1
-        if ts > last_seen.get(name, 0):
-            last_seen[name] = ts
-        if en.needs_body:
-            ev = en.event
-            _update_contacts(state, ev.get("identities") or {}, ev.get("traits") or {})
-        rules_of_event = triggers.get(name)
-        if rules_of_event:
-            for rule in rules_of_event:
-                _trigger_on_event(state, rule, name, en, res)
-    state.n_events, state.first_ts, state.last_ts = n, first, last
+    n0, first0, last0 = n, first, last = state.n_events, state.first_ts, state.last_ts
+    duplicates = 0
+    try:
+        for en in sorted(entries, key=_event_time) if len(entries) > 1 else entries:
+            mid = en.digest
+            if mid in seen:
+                duplicates += 1
+                continue
+            ts = en.ts
+            seen[mid] = ts
+            accepted.append(en)
+            name = en.name
+            n += 1
+            if first == 0 or ts < first:
+                first = ts
+            if ts > last:
+                last = ts
+            counts[name] = counts.get(name, 0) + 1
+            if ts > last_seen.get(name, 0):
+                last_seen[name] = ts
+            if en.needs_body:
+                ev = en.event
+                _update_contacts(state, ev.get("identities") or {}, ev.get("traits") or {})
+            rules_of_event = triggers.get(name)
+            if rules_of_event:
+                for rule in rules_of_event:
+                    _trigger_on_event(state, rule, name, en, res)
+        state.n_events, state.first_ts, state.last_ts = n, first, last
+        _prune_seen(state, dedupe_window_ms)
+    except Exception:
+        # The caller dead-letters these events (a bug, or a stored state that reads but is wrong). Whatever
+        # marked them as taken is undone, so that replaying them after the fix (``cdp dlq replay``) is not
+        # dropped as a duplicate: their ids leave the seen set and the event count and times are as before.
+        for en in accepted:
+            seen.pop(en.digest, None)
+        state.n_events, state.first_ts, state.last_ts = n0, first0, last0
+        raise
     res.duplicates = duplicates
-    _prune_seen(state, dedupe_window_ms)
     return res
 
 

@@ -305,8 +305,9 @@ class PersonStage:
     def _unprocessable(self, pk: str, entries: list[Entry], exc: Exception, partition: int, offset: int,
                        now_ms: int) -> list[KeyedBadRow]:
         """One bad row per event of a person whose processing raised, each with the event as an app could send
-        it again (``cdp dlq replay`` after the fix). What the failed call had already changed in the person's
-        state stays: a replayed event it had recorded as seen is then dropped as a duplicate."""
+        it again (``cdp dlq replay`` after the fix). The failed call leaves none of them recorded as seen
+        (``apply_events`` undoes that), so the replay is taken, not dropped as a duplicate; what else it had
+        changed (counts, contacts, armed triggers) stays."""
         log.error("person %s at %s:%s:%s: %d events dead-lettered", pk, self.topic, partition, offset,
                   len(entries), exc_info=exc)
         out: list[KeyedBadRow] = []
