@@ -105,6 +105,7 @@ class ClickHouseSink:
         self._inserters: queue.SimpleQueue[Client] = queue.SimpleQueue()
         # (table, columns) -> the structure an embedded insert reads them as (``_plain_input``); None: as they are
         self._structures: dict[tuple[str, tuple[str, ...]], str | None] = {}
+        self._file_reads: bool | None = None
         for _ in range(insert_clients):
             self._inserters.put(make_client(url))
 
@@ -176,6 +177,8 @@ class ClickHouseSink:
         less (3.06-3.17 against 3.49-3.84, session 11). Read from ``system.columns`` once per table and columns:
         a migration that changes them runs before a worker inserts."""
         key = (table, tuple(columns))
+        if key not in self._structures and not self._reads_temp_files():
+            self._structures[key] = None
         if key not in self._structures:
             types = dict(self.rows("SELECT name, type FROM system.columns WHERE database = {db:String} "
                                    "AND table = {table:String}", {"db": DATABASE, "table": table}))
@@ -183,6 +186,24 @@ class ClickHouseSink:
             self._structures[key] = (", ".join(f"{quote_identifier(c)} {t}" for c, t in plain)
                                      if any(t != types[c] for c, t in plain) else None)
         return self._structures[key]
+
+    def _reads_temp_files(self) -> bool:
+        """Whether this engine's ``file()`` reads a file in the temporary directory (chDB does; a build that kept
+        table functions to ``user_files_path`` would not): probed once, read-only, else inserts stay direct."""
+        if self._file_reads is None:
+            with tempfile.NamedTemporaryFile(prefix="cdp-probe-", suffix=".json", delete=False) as f:
+                f.write(b'["probe"]\n')
+            try:
+                self._file_reads = self.rows(f"SELECT c FROM file({_sql_string(f.name)}, 'JSONCompactEachRow', "
+                                             "'c String')") == [("probe",)]
+            except Exception as exc:
+                log.warning("embedded inserts read LowCardinality columns directly: file() cannot read %s: %r",
+                            f.name, exc)
+                self._file_reads = False
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(f.name)
+        return self._file_reads
 
     @staticmethod
     def _insert_through_file(client: Client, table: str, columns: list[str], structure: str, lines: list[bytes],

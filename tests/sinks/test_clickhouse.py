@@ -93,3 +93,16 @@ def test_an_embedded_insert_reads_low_cardinality_columns_as_text_and_stores_the
     assert sink.rows("SELECT toTypeName(event), toTypeName(campaign_source) FROM cdp.events LIMIT 1") == [
         ("LowCardinality(String)", "LowCardinality(String)")]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_engine_whose_file_function_cannot_read_the_rows_keeps_the_direct_insert(chdb_sink, monkeypatch):
+    from sinks.clickhouse import ClickHouseSink
+
+    probe = ClickHouseSink.__new__(ClickHouseSink)
+    probe.__dict__.update(chdb_sink.__dict__, _structures={}, _file_reads=None)
+
+    def refuse(sql, parameters=None):
+        raise RuntimeError("file() is restricted to user_files_path")
+
+    monkeypatch.setattr(probe, "rows", refuse)
+    assert probe._plain_input("events", EVENT_COLUMNS) is None and probe._file_reads is False
