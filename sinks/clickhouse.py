@@ -173,8 +173,8 @@ class ClickHouseSink:
         """The structure to read ``columns`` of ``table`` as, with ``LowCardinality(T)`` read as ``T``; None when
         no column is LowCardinality. Parsing text straight into a LowCardinality column costs embedded ClickHouse
         about 0.16 µs per value, a quarter of the parse of an event row (4 such columns: 1.65 -> 1.0 µs per row
-        into a Null table); read as String and converted per block, an event insert costs 0.4-0.7 µs per row
-        less (3.06-3.17 against 3.49-3.84, session 11). Read from ``system.columns`` once per table and columns:
+        into a Null table); read as String and converted per block, an event insert costs about 0.4 µs per row
+        less (2.94-2.98 against 3.34-3.36, session 11). Read from ``system.columns`` once per table and columns:
         a migration that changes them runs before a worker inserts."""
         key = (table, tuple(columns))
         if key not in self._structures and not self._reads_temp_files():
