@@ -8,7 +8,7 @@ import pytest
 
 from core.envelope import Entry
 from core.rows import event_row, row_dict
-from sinks.clickhouse import EVENT_COLUMNS, migrations
+from sinks.clickhouse import EVENT_COLUMNS, PLAIN_INPUT_MIN_ROWS, migrations
 
 
 @pytest.fixture()
@@ -73,23 +73,29 @@ def test_inserts_of_different_partitions_run_side_by_side_and_a_retry_still_adds
 
 def test_an_embedded_insert_reads_low_cardinality_columns_as_text_and_stores_them_as_the_table_says(sink, tmp_path,
                                                                                                   monkeypatch):
-    """Embedded, event rows are read with LowCardinality columns as plain String and converted per block (a
-    seventh less CPU per row): the stored values, the table's types and a retry's deduplication are unchanged, and
-    the file the rows pass through is removed."""
+    """Embedded, a large insert of event rows reads LowCardinality columns as plain String and converts them per
+    block (0.5 µs of CPU per row less): the stored values, the table's types and the deduplication of a retry by its
+    token are unchanged, and the file the rows pass through is removed."""
     import tempfile
 
     sink.migrate()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert sink._plain_input("events", EVENT_COLUMNS) is not None
-    lines = [event_row(Entry.of_event("user_id:lc", 1_790_000_000_000 + i, 1_790_000_000_000, (0, i),
-                                      {"type": "track", "message_id": f"lc{i}", "event": f"lc_probe_{i % 2}",
-                                       "context": {"campaign": {"source": "baidu", "medium": "cpc", "name": "n'1"}}}),
-                       "o_lc") for i in range(4)]
-    for _ in range(2):
-        sink.insert_json("events", lines, EVENT_COLUMNS, token="lc:0:1:events", compact=True, unique_keys=True)
+    n = PLAIN_INPUT_MIN_ROWS
+
+    def lines(first: int) -> list[bytes]:
+        return [event_row(Entry.of_event("user_id:lc", 1_790_000_000_000 + i, 1_790_000_000_000, (0, i), {
+            "type": "track", "message_id": f"lc{i}", "event": f"lc_probe_{i % 2}",
+            "context": {"campaign": {"source": "baidu", "medium": "cpc", "name": "n'1"}}}), "o_lc")
+            for i in range(first, first + n)]
+
+    sink.insert_json("events", lines(0), EVENT_COLUMNS, token="lc:0:1:events", compact=True, unique_keys=True)
+    # The retry of that batch after a crash, whatever it holds, adds nothing: the token decides, not the rows.
+    sink.insert_json("events", lines(n), EVENT_COLUMNS, token="lc:0:1:events", compact=True, unique_keys=True)
     assert sink.rows("SELECT type, event, campaign_source, campaign_medium, campaign_name, count() FROM cdp.events "
                      "WHERE oneid = 'o_lc' GROUP BY ALL ORDER BY event") == [
-        ("track", "lc_probe_0", "baidu", "cpc", "n'1", 2), ("track", "lc_probe_1", "baidu", "cpc", "n'1", 2)]
+        ("track", "lc_probe_0", "baidu", "cpc", "n'1", n // 2), ("track", "lc_probe_1", "baidu", "cpc", "n'1", n // 2)]
+    assert sink.rows("SELECT sum(events) FROM cdp.events_daily WHERE event LIKE 'lc_probe_%'") == [(n,)]
     assert sink.rows("SELECT toTypeName(event), toTypeName(campaign_source) FROM cdp.events LIMIT 1") == [
         ("LowCardinality(String)", "LowCardinality(String)")]
     assert list(tmp_path.iterdir()) == []
