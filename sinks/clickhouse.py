@@ -14,13 +14,14 @@ import queue
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
-from clickhouse_connect.driver.binding import quote_identifier
+from clickhouse_connect.driver.binding import format_query_value, format_str, quote_identifier
 from clickhouse_connect.driver.client import Client
 
 from core.rows import EVENT_ROW_COLUMNS
@@ -78,8 +79,16 @@ PLAIN_INPUT_MIN_ROWS = 2000
 _LOW_CARDINALITY = re.compile(r"^LowCardinality\((.*)\)$")
 
 
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+@contextlib.contextmanager
+def _scratch_file(data: bytes) -> Iterator[str]:
+    """``data`` in a temporary file for the embedded engine's ``file()`` to read, removed afterwards."""
+    with tempfile.NamedTemporaryFile(prefix="cdp-", suffix=".json", delete=False) as f:
+        f.write(data)
+    try:
+        yield f.name
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(f.name)
 
 
 def chdb_path(url: str) -> Path | None:
@@ -181,35 +190,32 @@ class ClickHouseSink:
         about 0.16 µs per value, a quarter of the parse of an event row (4 such columns: 1.65 -> 1.0 µs per row
         into a Null table); read as String and converted per block, an event insert costs about 0.4 µs per row
         less in inserts of 20,000 (2.94-2.98 against 3.34-3.36, session 11). Read from ``system.columns`` once per
-        table and columns:
-        a migration that changes them runs before a worker inserts."""
+        table and columns: a migration that changes them runs before a worker inserts."""
         key = (table, tuple(columns))
-        if key not in self._structures and not self._reads_temp_files():
-            self._structures[key] = None
         if key not in self._structures:
-            types = dict(self.rows("SELECT name, type FROM system.columns WHERE database = {db:String} "
-                                   "AND table = {table:String}", {"db": DATABASE, "table": table}))
-            plain = [(c, _LOW_CARDINALITY.sub(r"\1", types[c])) for c in columns]
-            self._structures[key] = (", ".join(f"{quote_identifier(c)} {t}" for c, t in plain)
-                                     if any(t != types[c] for c, t in plain) else None)
+            self._structures[key] = self._read_as_text(table, columns) if self._reads_temp_files() else None
         return self._structures[key]
+
+    def _read_as_text(self, table: str, columns: list[str]) -> str | None:
+        types = dict(self.rows("SELECT name, type FROM system.columns WHERE database = {db:String} "
+                               "AND table = {table:String}", {"db": DATABASE, "table": table}))
+        plain = [(c, _LOW_CARDINALITY.sub(r"\1", types[c])) for c in columns]
+        if all(t == types[c] for c, t in plain):
+            return None
+        return ", ".join(f"{quote_identifier(c)} {t}" for c, t in plain)
 
     def _reads_temp_files(self) -> bool:
         """Whether this engine's ``file()`` reads a file in the temporary directory (chDB does; a build that kept
         table functions to ``user_files_path`` would not): probed once, read-only, else inserts stay direct."""
         if self._file_reads is None:
-            with tempfile.NamedTemporaryFile(prefix="cdp-probe-", suffix=".json", delete=False) as f:
-                f.write(b'["probe"]\n')
-            try:
-                self._file_reads = self.rows(f"SELECT c FROM file({_sql_string(f.name)}, 'JSONCompactEachRow', "
-                                             "'c String')") == [("probe",)]
-            except Exception as exc:
-                log.warning("embedded inserts read LowCardinality columns directly: file() cannot read %s: %r",
-                            f.name, exc)
-                self._file_reads = False
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(f.name)
+            with _scratch_file(b'["probe"]\n') as path:
+                try:
+                    self._file_reads = self.rows(f"SELECT c FROM file({format_str(path)}, 'JSONCompactEachRow', "
+                                                 "'c String')") == [("probe",)]
+                except Exception as exc:
+                    log.warning("embedded inserts read LowCardinality columns directly: file() cannot read %s: %r",
+                                path, exc)
+                    self._file_reads = False
         return self._file_reads
 
     @staticmethod
@@ -218,20 +224,13 @@ class ClickHouseSink:
         # A file, as clickhouse-connect's own embedded inserts use (``INSERT ... FROM INFILE``): chDB takes no
         # request body. ``insert_deduplication_token`` holds for INSERT SELECT as for INSERT (a retry adds nothing:
         # tests/sinks/test_clickhouse.py).
-        with tempfile.NamedTemporaryFile(prefix="cdp-insert-", suffix=".json", delete=False) as f:
-            f.write(b"\n".join(lines))
-        try:
-            cols = ", ".join(quote_identifier(c) for c in columns)
-            # Settings in the statement: passed apart, the embedded client applies each with a SET before and
-            # another after (4-5 ms more per insert, measured: it made inserts of 5,000 rows dearer, not cheaper).
-            clause = ", ".join(f"{k} = {_sql_string(v) if isinstance(v, str) else int(v)}"
-                               for k, v in settings.items())
+        cols = ", ".join(quote_identifier(c) for c in columns)
+        # Settings in the statement: passed apart, the embedded client applies each with a SET before and another
+        # after (4-5 ms more per insert, measured: it made inserts of 5,000 rows dearer, not cheaper).
+        clause = ", ".join(f"{k} = {format_query_value(v)}" for k, v in settings.items())
+        with _scratch_file(b"\n".join(lines)) as path:
             client.command(f"INSERT INTO {DATABASE}.{table} ({cols}) SELECT * FROM "
-                           f"file({_sql_string(f.name)}, {_sql_string(fmt)}, {_sql_string(structure)}) "
-                           f"SETTINGS {clause}")
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(f.name)
+                           f"file({format_str(path)}, {format_str(fmt)}, {format_str(structure)}) SETTINGS {clause}")
 
     def query(self, sql: str, fmt: str = "TabSeparatedWithNames") -> bytes:
         """Run any statement and return ClickHouse's own output format (what `cdp sql` prints)."""
