@@ -6,7 +6,7 @@ Every record ends as exactly one of: an entry in an envelope (ok) or a bad row (
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -23,13 +23,10 @@ from schemas.bad_rows import BadRow, Stage
 from schemas.events import event_dict_from_json, field_errors
 
 
-class RawRecordLike(Protocol):
-    """What the stage reads of a Kafka record (aiokafka's ConsumerRecord has these; so does ``RawRecord``)."""
+class RecordLike(Protocol):
+    """What the stage reads of a Kafka record, whose topic and partition its batch is keyed by (aiokafka's record
+    batches' records have these, as do its ConsumerRecord and ``RawRecord``)."""
 
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
     @property
     def offset(self) -> int: ...
     @property
@@ -40,6 +37,15 @@ class RawRecordLike(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class RawRecordLike(RecordLike, Protocol):
+    """A record that names its topic and partition (aiokafka's ConsumerRecord; ``RawRecord``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +75,12 @@ class IngestResult:
     flagged: Counter[str] = field(default_factory=Counter)
 
 
-def _bad(rec: RawRecordLike, stage: Stage, reason: str, errors: list[dict], now_ms: int) -> tuple[bytes | None, BadRow]:
+def _bad(topic: str, partition: int, rec: RecordLike, stage: Stage, reason: str, errors: list[dict],
+         now_ms: int) -> tuple[bytes | None, BadRow]:
     key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
     headers = {k: v.decode("utf-8", "replace") for k, v in (rec.headers or ())}
     return rec.key, BadRow.of(rec.value or b"", stage, reason, errors, iso(now_ms), key=key, headers=headers,
-                              source={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset})
+                              source={"topic": topic, "partition": partition, "offset": rec.offset})
 
 
 def epoch_ms(t: datetime) -> int:
@@ -97,7 +104,30 @@ def event_time(timestamp: datetime | None, sent_at: datetime | None, received_ms
 
 def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions: int, now_ms: int,
                    max_future_ms: int = 86_400_000) -> IngestResult:
+    """``ingest_batches`` of records that name their own topic and partition (each partition's in order)."""
+    batches: dict[tuple[str, int], list[RawRecordLike]] = {}
+    for rec in records:
+        tp = (rec.topic, rec.partition)
+        got = batches.get(tp)
+        if got is None:
+            batches[tp] = [rec]
+        else:
+            got.append(rec)
+    return ingest_batches(batches, rules, partitions, now_ms, max_future_ms)
+
+
+def ingest_batches(batches: Mapping[tuple[str, int], Sequence[RecordLike]], rules: RuleSet, partitions: int,
+                   now_ms: int, max_future_ms: int = 86_400_000) -> IngestResult:
+    """Records read from Kafka, per (topic, partition) in offset order (as ``getmany`` returns them), validated and
+    encoded into envelope entries per person partition, or dead-lettered."""
     res = IngestResult()
+    for (topic, partition), records in batches.items():
+        _ingest_partition(res, topic, partition, records, rules, partitions, now_ms, max_future_ms)
+    return res
+
+
+def _ingest_partition(res: IngestResult, topic: str, raw_partition: int, records: Sequence[RecordLike],
+                      rules: RuleSet, partitions: int, now_ms: int, max_future_ms: int) -> None:
     aliases = rules.aliases
     blocked = rules.blocked_identifiers
     dropped = res.dropped_identifiers
@@ -105,11 +135,12 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
     max_event_ts = res.max_event_ts
     horizon = now_ms + max_future_ms
     ok = 0
+    wm_max = max_event_ts.get(raw_partition, 0)
     for rec in records:
         if not rec.value:
-            res.bad_rows.append(_bad(rec, Stage.decode, "empty", [], now_ms))
+            res.bad_rows.append(_bad(topic, raw_partition, rec, Stage.decode, "empty", [], now_ms))
             continue
-        d = _validate(rec, now_ms, res)
+        d = _validate(topic, raw_partition, rec, now_ms, res)
         if d is None:
             continue
         try:
@@ -119,13 +150,13 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
             clean_event(d, blocked, dropped)
             pk = person_key(d.get("user_id"), d.get("anonymous_id"), d.get("identities") or {})
             if pk is None:
-                res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [
+                res.bad_rows.append(_bad(topic, raw_partition, rec, Stage.validate, "no_identifier", [
                     {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
                 ], now_ms))
                 continue
             if "previous_id" not in d and d.get("type") == "alias":
                 # Valid as sent, but its previousId was a placeholder or blocked: nothing is left to alias.
-                res.bad_rows.append(_bad(rec, Stage.validate, "no_identifier", [
+                res.bad_rows.append(_bad(topic, raw_partition, rec, Stage.validate, "no_identifier", [
                     {"field": "previousId", "error": "an alias call's previousId was empty, a placeholder or blocked"}
                 ], now_ms))
                 continue
@@ -145,15 +176,15 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
                 flags, ts = ["past_timestamp"], rcv
             target = partition_for(pk, partitions)
             try:
-                entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, d, flags)
+                entry = encode_entry(pk, ts, rcv, raw_partition, rec.offset, d, flags)
             except TypeError:
                 # An integer past 64 bits, which JSON allows and orjson does not write: carried with its digits.
-                entry = encode_entry(pk, ts, rcv, rec.partition, rec.offset, with_exact_integers(d), flags)
+                entry = encode_entry(pk, ts, rcv, raw_partition, rec.offset, with_exact_integers(d), flags)
         except Exception as exc:
             # Valid by the schema, but a step after it failed (nothing known does): dead-lettered, never a stopped
             # partition.
-            res.bad_rows.append(_bad(rec, Stage.process, "unprocessable", [{"field": "$", "error": repr(exc)}],
-                                     now_ms))
+            res.bad_rows.append(_bad(topic, raw_partition, rec, Stage.process, "unprocessable",
+                                     [{"field": "$", "error": repr(exc)}], now_ms))
             continue
         if flags:
             res.flagged[flags[0]] += 1
@@ -164,25 +195,27 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
             part_entries.append(entry)
         ok += 1
         wm_ts = ts if ts < now_ms else now_ms
-        if wm_ts > max_event_ts.get(rec.partition, 0):
-            max_event_ts[rec.partition] = wm_ts
-    res.ok = ok
-    return res
+        if wm_ts > wm_max:
+            wm_max = wm_ts
+    if wm_max:
+        max_event_ts[raw_partition] = wm_max
+    res.ok += ok
 
 
-def _validate(rec: RawRecordLike, now_ms: int, res: IngestResult) -> dict[str, Any] | None:
+def _validate(topic: str, partition: int, rec: RecordLike, now_ms: int, res: IngestResult) -> dict[str, Any] | None:
     """The event as the pipeline carries it (``pipeline_dict``), or None when rejected: then it is a bad row."""
     try:
         return event_dict_from_json(rec.value or b"")
     except ValidationError as exc:
         errs = field_errors(exc)
         if any(e["type"] in ("json_invalid", "model_type") for e in errs):
-            res.bad_rows.append(_bad(rec, Stage.decode, "invalid_json", errs, now_ms))
+            res.bad_rows.append(_bad(topic, partition, rec, Stage.decode, "invalid_json", errs, now_ms))
         else:
-            res.bad_rows.append(_bad(rec, Stage.validate, "schema", errs, now_ms))
+            res.bad_rows.append(_bad(topic, partition, rec, Stage.validate, "schema", errs, now_ms))
         return None
     except Exception as exc:  # one bad event never stops a partition
-        res.bad_rows.append(_bad(rec, Stage.validate, "unexpected", [{"field": "$", "error": repr(exc)}], now_ms))
+        res.bad_rows.append(_bad(topic, partition, rec, Stage.validate, "unexpected",
+                                 [{"field": "$", "error": repr(exc)}], now_ms))
         return None
 
 

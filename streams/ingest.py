@@ -18,11 +18,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from core.envelope import encode_envelopes
-from core.ingest import ingest_records, watermark
+from core.ingest import ingest_batches, watermark
 from core.settings import Settings
 from rules.loader import RuleSet
 from streams import metrics
 from streams.kafka import batch_producer, client_kwargs
+from streams.raw_records import install as install_raw_records
+from streams.raw_records import raw_values
 
 log = logging.getLogger("cdp.ingest")
 
@@ -64,6 +66,8 @@ class Ingest:
     async def start(self) -> None:
         kw = client_kwargs(self.s)
         self.producer = batch_producer(self.s, self.source, linger_ms=5)
+        # Raw events as aiokafka's record batches hold them, without a ConsumerRecord each (streams.raw_records).
+        install_raw_records()
         self.consumer = AIOKafkaConsumer(
             self.s.raw_topic, **kw, group_id=self.s.ingest_group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.s.ingest_batch, fetch_max_bytes=64 * 1024 * 1024,
@@ -71,7 +75,7 @@ class Ingest:
             # aiokafka keeps one fetch in flight per broker, and does not fetch a partition whose records it still
             # holds: with its default 500 ms wait, a fetch for partitions read to their end held back the rest of
             # a partition read meanwhile (a 0.45 s stall at the end of a backlog, measured). The wait bounds it.
-            fetch_max_wait_ms=INGEST_FETCH_MAX_WAIT_MS,
+            fetch_max_wait_ms=INGEST_FETCH_MAX_WAIT_MS, value_deserializer=raw_values,
         )
         await self.producer.start()
         await self.consumer.start()
@@ -147,10 +151,10 @@ class Ingest:
         now_ms = int(time.time() * 1000)
         if self.first_event_at is None:
             self.first_event_at = time.time()
-        records = [m for msgs in batches.values() for m in msgs]
-        self.records_in += len(records)
-        metrics.events_in.inc(len(records))
-        res = ingest_records(records, self.rules, self.s.partitions, now_ms, int(self.s.max_future_s * 1000))
+        n = sum(len(msgs) for msgs in batches.values())
+        self.records_in += n
+        metrics.events_in.inc(n)
+        res = ingest_batches(batches, self.rules, self.s.partitions, now_ms, int(self.s.max_future_s * 1000))
         for part, ts in res.max_event_ts.items():
             self.max_ts[part] = max(self.max_ts.get(part, 0), ts)
         # Caught up (every raw partition read to its high-water mark): downstream need not hold these events
