@@ -156,7 +156,8 @@ async def dlq_replay(s: Settings, since: datetime | None = None, reason: str | N
                 continue
             if since and datetime.fromisoformat(row.received_at.replace("Z", "+00:00")) < since:
                 continue
-            headers = [(k, v.encode()) for k, v in row.headers.items() if not k.startswith("cdp-replayed")]
+            headers = [(k, v.encode() if v is not None else None) for k, v in row.headers.items()
+                       if not k.startswith("cdp-replayed")]
             headers.append(("cdp-replayed-from", f"{m.topic}:{m.partition}:{m.offset}".encode()))
             futures.append(await producer.send(s.raw_topic, row.original_bytes(), key=m.key, headers=headers))
             replayed += 1

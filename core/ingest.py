@@ -36,7 +36,7 @@ class RecordLike(Protocol):
     @property
     def value(self) -> bytes | None: ...
     @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
 
 
 class RawRecordLike(RecordLike, Protocol):
@@ -56,7 +56,7 @@ class RawRecord:
     timestamp: int  # Kafka's record timestamp (ms): when the producer or broker received it
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
+    headers: Sequence[tuple[str, bytes | None]] = ()
 
 
 @dataclass(slots=True)
@@ -78,7 +78,7 @@ class IngestResult:
 def _bad(topic: str, partition: int, rec: RecordLike, stage: Stage, reason: str, errors: list[dict],
          now_ms: int) -> tuple[bytes | None, BadRow]:
     key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
-    headers = {k: v.decode("utf-8", "replace") for k, v in (rec.headers or ())}
+    headers = {k: v.decode("utf-8", "replace") if v is not None else None for k, v in (rec.headers or ())}
     return rec.key, BadRow.of(rec.value or b"", stage, reason, errors, iso(now_ms), key=key, headers=headers,
                               source={"topic": topic, "partition": partition, "offset": rec.offset})
 

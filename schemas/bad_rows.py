@@ -33,7 +33,8 @@ class BadRow(BaseModel):
     payload: str = Field(description="the original message value, as text")
     payload_encoding: str = Field(default="utf-8", description="utf-8, or base64 when the bytes were not UTF-8")
     key: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict, description="the original message's Kafka headers")
+    # A Kafka header's value may be null (kept as null).
+    headers: dict[str, str | None] = Field(default_factory=dict, description="the original message's Kafka headers")
     source: dict[str, Any] = Field(default_factory=dict, description="topic, partition, offset it was read at")
     received_at: str
 

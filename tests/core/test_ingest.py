@@ -9,7 +9,7 @@ from core.clock import iso
 from core.envelope import decode_entry, decode_envelope, encode_envelopes
 from core.ids import partition_for
 from core.ingest import RawRecord, epoch_ms, ingest_records, watermark
-from schemas.bad_rows import Stage
+from schemas.bad_rows import BadRow, Stage
 from tests.core.helpers import RULES
 
 NOW = 1_790_000_000_000
@@ -53,6 +53,18 @@ def test_bad_rows_say_why():
     reasons = [(r.stage.value, r.reason) for _, r in res.bad_rows]
     assert reasons == [("decode", "invalid_json"), ("validate", "schema"), ("decode", "empty")]
     assert any(e["field"] == "messageId" for e in res.bad_rows[1][1].errors)
+
+
+def test_a_bad_row_keeps_the_records_headers_a_null_valued_one_too():
+    """Kafka allows a header without a value: the bad row keeps it as null, and the events around it go on."""
+    headers = [("trace", b"t-1"), ("empty", None)]
+    res = ingest_records([rec(good(0), 0), RawRecord("cdp.events.raw", 0, 1, NOW, b"k", b"{nope", headers),
+                          rec(good(2), 2)], RULES, 4, NOW)
+    assert res.ok == 2
+    [(key, row)] = res.bad_rows
+    assert key == b"k" and row.reason == "invalid_json"
+    assert row.headers == {"trace": "t-1", "empty": None}
+    assert BadRow.model_validate_json(row.model_dump_json()).headers == row.headers
 
 
 def test_an_event_nested_too_deep_is_a_bad_row_and_the_events_around_it_go_on():
