@@ -22,8 +22,8 @@ TP = TopicPartition("cdp.events.raw", 3)
 NOW = 1_790_000_000_000
 
 
-def _batch(base_offset: int, values: list[bytes | None], control: bool = False) -> bytes:
-    b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+def _batch(base_offset: int, values: list[bytes | None], control: bool = False, compression: int = 0) -> bytes:
+    b = DefaultRecordBatchBuilder(magic=2, compression_type=compression, is_transactional=0, producer_id=-1,
                                   producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
     for i, v in enumerate(values):
         key = None if i % 3 == 0 else f"k{i}".encode()
@@ -53,8 +53,10 @@ def _fields(rec) -> tuple:
     return rec.offset, rec.timestamp, rec.key, rec.value, tuple(rec.headers)
 
 
-def test_raw_records_are_the_consumer_records_fields_from_the_fetch_position():
-    batches = (_batch(100, [_event(i) for i in range(5)]), _batch(105, [_event(i) for i in range(5, 12)]))
+@pytest.mark.parametrize("compression", [0, 1], ids=["plain", "gzip"])
+def test_raw_records_are_the_consumer_records_fields_from_the_fetch_position(compression):
+    batches = (_batch(100, [_event(i) for i in range(5)], compression=compression),
+               _batch(105, [_event(i) for i in range(5, 12)], compression=compression))
     # A fetch from inside the first batch: the broker returns the batch whole, the records before it are skipped.
     stock = _records(102, *batches)
     raw = _records(102, *batches, value_deserializer=raw_records.raw_values)
