@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 import core
 from cdp_cli.generate import generate
 from cdp_cli.ops import dlq_stats, publish_lines, query, read_topic, wait_processed
 from core.ids import oneid_for
+from streams.kafka import client_kwargs, ensure_topics
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.integration
@@ -50,6 +53,35 @@ def test_events_are_counted_exactly_once_and_bad_ones_go_to_the_dlq(deployment):
     rows = [orjson.loads(m.value) for m in run(read_topic(s, s.dlq_topic))]
     assert {r["payload"] for r in rows} == {b.decode() for b in bad if b in lines}
     assert all(r["errors"] and r["source"]["topic"] == s.raw_topic for r in rows)
+
+
+async def _publish_compressed(s, lines: list[tuple[bytes, list]]) -> None:
+    """As an app's producer may: gzip-compressed record batches, records with headers."""
+    producer = AIOKafkaProducer(**client_kwargs(s), acks="all", compression_type="gzip", linger_ms=50)
+    await producer.start()
+    try:
+        futures = [await producer.send(s.raw_topic, value, headers=headers) for value, headers in lines]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def test_compressed_batches_with_headers_are_ingested_and_a_bad_ones_headers_kept(deployment):
+    s = deployment.settings
+    events = [orjson.dumps(e) for e in generate(20, 1, seed=5)]
+    headers = [("trace", b"t-1"), ("empty", None)]  # Kafka allows a header without a value
+    lines = [(ev, headers if i % 2 else []) for i, ev in enumerate(events)]
+    lines.insert(len(lines) // 2, (b"{not json", headers))
+    with deployment.worker() as w:
+        w.start(s)
+        run(ensure_topics(s))
+        run(_publish_compressed(s, lines))
+        run(wait_processed(s, timeout_s=180))
+        assert count(s, "SELECT count() FROM cdp.events") == len(events)
+        assert count(s, "SELECT uniqExact(message_id) FROM cdp.events") == len(events)
+    [bad] = [orjson.loads(m.value) for m in run(read_topic(s, s.dlq_topic))]
+    assert bad["reason"] == "invalid_json" and bad["payload"] == "{not json"
+    assert bad["headers"] == {"trace": "t-1", "empty": None}
 
 
 def test_trigger_emits_exactly_one_action_per_person(deployment):
