@@ -77,8 +77,11 @@ class IngestResult:
 
 def _bad(topic: str, partition: int, rec: RecordLike, stage: Stage, reason: str, errors: list[dict],
          now_ms: int) -> tuple[bytes | None, BadRow]:
-    key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
-    headers = {k: v.decode("utf-8", "replace") if v is not None else None for k, v in (rec.headers or ())}
+    try:
+        key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
+        headers = {k: v.decode("utf-8", "replace") if v is not None else None for k, v in (rec.headers or ())}
+    except Exception:  # a key or headers not as Kafka's client gives them: the bad row without, never a stop
+        key, headers = None, {}
     return rec.key, BadRow.of(rec.value or b"", stage, reason, errors, iso(now_ms), key=key, headers=headers,
                               source={"topic": topic, "partition": partition, "offset": rec.offset})
 

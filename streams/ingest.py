@@ -104,6 +104,16 @@ class Ingest:
     async def run(self) -> None:
         assert self.consumer is not None
         self.running = True
+        try:
+            await self._run()
+        except Exception:
+            log.critical("ingest stopped: an error the loop does not recover from", exc_info=True)
+            raise
+        finally:
+            # Also when it failed: /healthz then says not ready (``running`` false) instead of ready and idle.
+            self.running = False
+
+    async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
                 # Waiting for input is short while some partition's events wait for a flush mark.
@@ -129,7 +139,6 @@ class Ingest:
                 self._acked.clear()
                 await self._rewind()
                 await asyncio.sleep(1.0)
-        self.running = False
 
     async def _source_state(self, now_ms: int) -> tuple[int, bool]:
         """The least watermark over this instance's raw partitions (downstream tracks one per source), and whether

@@ -67,6 +67,25 @@ def test_a_bad_row_keeps_the_records_headers_a_null_valued_one_too():
     assert BadRow.model_validate_json(row.model_dump_json()).headers == row.headers
 
 
+class _UnreadableHeaders:
+    """A record whose headers cannot be read (what a null-valued header was to the bad row before)."""
+
+    topic, partition, offset, timestamp, key, value = "cdp.events.raw", 0, 1, NOW, b"k", b"{nope"
+
+    @property
+    def headers(self):
+        raise ValueError("unreadable")
+
+
+def test_a_bad_row_whose_headers_cannot_be_read_is_still_written_without_them():
+    res = ingest_records([rec(good(0), 0), _UnreadableHeaders(), rec(good(2), 2)], RULES, 4, NOW)
+    assert res.ok == 2
+    [(key, row)] = res.bad_rows
+    assert key == b"k"  # still the message's Kafka key
+    assert row.reason == "invalid_json" and row.payload == "{nope" and row.headers == {}
+    assert row.source == {"topic": "cdp.events.raw", "partition": 0, "offset": 1}
+
+
 def test_an_event_nested_too_deep_is_a_bad_row_and_the_events_around_it_go_on():
     deep = good(1, properties={"a": 0})[:-1].replace(b'"a":0}', b'"a":' + b"[" * 300 + b"]" * 300 + b"}") + b"}"
     assert json.loads(deep)  # valid JSON, nested 300 levels
