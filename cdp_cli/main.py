@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from core.settings import Settings
+from config.settings import Settings
 
 
 def _dt(text: str) -> datetime:
@@ -115,7 +115,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from cdp_cli.ops import publish_lines, read_lines
+    from ops.topics import publish_lines, read_lines
 
     s = Settings()
     n = asyncio.run(publish_lines(s, read_lines(args.file)))
@@ -124,7 +124,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from cdp_cli.ops import WorkerProcess, publish_lines, read_lines, running_worker, wait_processed
+    from ops.topics import publish_lines, read_lines, wait_processed
+    from ops.worker import WorkerProcess, running_worker
 
     s = Settings()
     lines = read_lines(args.file)
@@ -146,7 +147,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from cdp_cli.generate import generate
+    from traffic.shop import generate
 
     end = _dt(args.end) if args.end else None
     out = sys.stdout.buffer
@@ -157,7 +158,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from cdp_cli.ops import query
+    from ops.worker import query
 
     fmt = {"tsv": "TabSeparatedWithNames", "json": "JSONEachRow", "pretty": "PrettyCompactMonoBlock",
            "vertical": "Vertical"}[args.format]
@@ -171,8 +172,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_funnel(args: argparse.Namespace) -> int:
-    from cdp_cli.analytics import format_funnel, format_funnel_breakdown, funnel_breakdown, funnel_sql, funnel_table
-    from cdp_cli.ops import query
+    from analytics.funnels import format_funnel, format_funnel_breakdown, funnel_breakdown, funnel_sql, funnel_table
+    from ops.worker import query
 
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
     modes = [m.strip() for arg in args.mode or [] for m in arg.split(",") if m.strip()]
@@ -203,8 +204,8 @@ def cmd_funnel(args: argparse.Namespace) -> int:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    from cdp_cli.analytics import format_retention, retention_sql
-    from cdp_cli.ops import query
+    from analytics.funnels import format_retention, retention_sql
+    from ops.worker import query
 
     out = query(Settings(), retention_sql(args.period, args.periods, args.event, merge_aware=not args.no_merge),
                 "JSONEachRow")
@@ -218,7 +219,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 def _insight(args: argparse.Namespace, sql: str) -> list[dict] | None:
     """Rows of an insight query as dicts, or None when ``--sql`` asked for the SQL only (printed here)."""
-    from cdp_cli.ops import query
+    from ops.worker import query
 
     if args.sql:
         print(sql)
@@ -228,7 +229,7 @@ def _insight(args: argparse.Namespace, sql: str) -> list[dict] | None:
 
 
 def _show(args: argparse.Namespace, rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
-    from cdp_cli.insights import format_table
+    from analytics.insights import format_table
 
     print(orjson.dumps(rows).decode() if args.json else format_table(columns, rows))
 
@@ -238,7 +239,7 @@ def _range(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
 
 
 def cmd_attribution(args: argparse.Namespace) -> int:
-    from cdp_cli.insights import ATTRIBUTION_COLUMNS, attribution_sql
+    from analytics.insights import ATTRIBUTION_COLUMNS, attribution_sql
 
     sql = attribution_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
                           by_campaign=args.by_campaign, visit_gap=args.visit_gap, merge_aware=not args.no_merge)
@@ -256,7 +257,7 @@ def _show_by_channel(args: argparse.Namespace, rows: Any, channel_columns: Any) 
 
 
 def cmd_roi(args: argparse.Namespace) -> int:
-    from cdp_cli.insights import ROI_COLUMNS, roi_sql
+    from analytics.insights import ROI_COLUMNS, roi_sql
 
     sql = roi_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
                   by_campaign=args.by_campaign, merge_aware=not args.no_merge)
@@ -265,8 +266,8 @@ def cmd_roi(args: argparse.Namespace) -> int:
 
 
 def cmd_costs_load(args: argparse.Namespace) -> int:
-    from cdp_cli.insights import costs_insert_sql, read_costs_csv
-    from cdp_cli.ops import query
+    from analytics.insights import costs_insert_sql, read_costs_csv
+    from ops.worker import query
 
     try:
         rows = read_costs_csv(args.file)
@@ -286,7 +287,7 @@ def cmd_costs_load(args: argparse.Namespace) -> int:
 
 
 def cmd_abtest(args: argparse.Namespace) -> int:
-    from cdp_cli.insights import ABTEST_COLUMNS, abtest_readout, abtest_sql
+    from analytics.insights import ABTEST_COLUMNS, abtest_readout, abtest_sql
 
     sql = abtest_sql(args.experiment, args.conversion, args.window, *_range(args), merge_aware=not args.no_merge)
     rows = _insight(args, sql)
@@ -315,7 +316,7 @@ def cmd_abtest(args: argparse.Namespace) -> int:
 
 
 def cmd_rfm(args: argparse.Namespace) -> int:
-    from cdp_cli.insights import RFM_PERSON_COLUMNS, RFM_SEGMENT_COLUMNS, rfm_persons_sql, rfm_segments_sql
+    from analytics.insights import RFM_PERSON_COLUMNS, RFM_SEGMENT_COLUMNS, rfm_persons_sql, rfm_segments_sql
 
     as_of = _dt(args.as_of) if args.as_of else datetime.now(UTC)
     if args.persons or args.segment:
@@ -331,7 +332,7 @@ def cmd_rfm(args: argparse.Namespace) -> int:
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
-    from cdp_cli.insights import PATH_COLUMNS, path_text, paths_sql
+    from analytics.insights import PATH_COLUMNS, path_text, paths_sql
 
     event, direction = (args.from_event, "from") if args.from_event else (args.to_event, "to")
     exclude = [x.strip() for x in args.exclude.split(",") if x.strip()]
@@ -348,7 +349,7 @@ def cmd_paths(args: argparse.Namespace) -> int:
 
 def _add_insight_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """cdp attribution, roi, costs, abtest, rfm, paths (docs/analytics.md)."""
-    from cdp_cli.insights import MODELS, NON_BEHAVIOUR_EVENTS
+    from analytics.insights import MODELS, NON_BEHAVIOUR_EVENTS
 
     def common(sp: argparse.ArgumentParser, since_help: str) -> None:
         sp.add_argument("--since", help=since_help + " at or after this ISO time (UTC unless given)")
@@ -427,7 +428,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_stats(args: argparse.Namespace) -> int:
-    from cdp_cli.ops import dlq_stats
+    from ops.dlq import dlq_stats
 
     s = Settings()
     counts = asyncio.run(dlq_stats(s))
@@ -439,7 +440,7 @@ def cmd_dlq_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from cdp_cli.ops import dlq_replay
+    from ops.dlq import dlq_replay
 
     s = Settings()
     n, seen = asyncio.run(dlq_replay(s, _dt(args.since) if args.since else None, args.reason, args.stage))
@@ -448,8 +449,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cdp_cli.ops import query
-    from cdp_cli.report import gather, render_report
+    from analytics.report import gather, render_report
+    from ops.worker import query
 
     s = Settings()
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
@@ -467,7 +468,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from cdp_cli.bench import run_bench
+    from bench.pipeline import run_bench
 
     result = run_bench(events=args.events, users=args.users, faust_baseline=args.faust_baseline,
                        analytics_events=args.analytics_events)

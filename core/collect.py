@@ -61,7 +61,11 @@ def authorized(authorization: str | None, write_keys: list[str]) -> bool:
     return ok
 
 
-def _key(ev: dict[str, Any]) -> bytes | None:
+def record_key(ev: Any) -> bytes | None:
+    """The Kafka key an event is published under (userId, else anonymousId): the one choice for the collector and
+    ``cdp send``. Any key works downstream; this one keeps a person's events in order on the raw topic."""
+    if not isinstance(ev, dict):
+        return None
     k = ev.get("userId") or ev.get("user_id") or ev.get("anonymousId") or ev.get("anonymous_id")
     return str(k).encode() if k is not None else None
 
@@ -117,7 +121,7 @@ def collect(kind: str, raw: bytes, received_at: str | None = None) -> CollectRes
         except ValidationError as exc:
             res.rejected.append({"index": i, "messageId": mid, "errors": field_errors(exc)})
             continue
-        res.records.append((_key(item), value))
+        res.records.append((record_key(item), value))
     if not res.records and res.rejected:
         res.status = 400
         res.error = "no valid event in the request"

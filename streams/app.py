@@ -21,8 +21,8 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 import core
+from config.settings import Settings
 from core.feedback import feedback_row
-from core.settings import Settings
 from rules.loader import RuleSet, load_rules
 from schemas.actions import Channel
 from schemas.bad_rows import BadRow

@@ -17,9 +17,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from config.settings import Settings
 from core.clock import iso
 from core.collect import KINDS, MAX_REQUEST_BYTES, authorized, collect
-from core.settings import Settings
 from streams import metrics
 from streams.kafka import client_kwargs
 

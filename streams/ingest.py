@@ -17,9 +17,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from config.settings import Settings
 from core.envelope import encode_envelopes
 from core.ingest import ingest_batches, watermark
-from core.settings import Settings
 from rules.loader import RuleSet
 from streams import metrics
 from streams.kafka import batch_producer, client_kwargs

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from config.settings import PACKAGE_RULES_DIR
 from core.envelope import Entry
-from core.settings import PACKAGE_RULES_DIR
 from rules.loader import load_rules
 
 RULES = load_rules(PACKAGE_RULES_DIR)

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from cdp_cli.generate import generate
 from core import native
 from tests.core.test_ingest import event_like as junk_events
 from tests.streams.test_accepted_events_never_stop_the_person_stage import events as odd_events
+from traffic.shop import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ from core.envelope import decode_envelope, encode_envelopes
 from core.ingest import RawRecord, ingest_records
 from core.person import PersonState, fire_due, fold_entries
 from core.rows import action_row
-from core.settings import Settings
+from config.settings import Settings
 from rules.loader import load_rules
 
 now = 1_796_000_000_000

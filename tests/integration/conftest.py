@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cdp_cli.ops import WorkerProcess
-from core.settings import Settings
+from config.settings import Settings
+from ops.worker import WorkerProcess
 from streams.kafka import delete_topics
 
 pytestmark = pytest.mark.integration

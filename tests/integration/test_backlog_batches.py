@@ -10,10 +10,11 @@ import urllib.request
 import orjson
 import pytest
 
-from cdp_cli.generate import generate
-from cdp_cli.ops import publish_lines, query, wait_processed
-from core.settings import Settings
+from config.settings import Settings
+from ops.topics import publish_lines, wait_processed
+from ops.worker import query
 from tests.integration.conftest import run
+from traffic.shop import generate
 
 pytestmark = pytest.mark.integration
 

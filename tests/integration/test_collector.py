@@ -6,8 +6,9 @@ import orjson
 import pytest
 from segment.analytics.client import Client
 
-from cdp_cli.ops import post_json, query, wait_processed
 from core.ids import oneid_for
+from ops.topics import wait_processed
+from ops.worker import post_json, query
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cdp_cli.ops import post_json, read_topic, wait_http
-from core.settings import Settings
+from config.settings import Settings
+from ops.topics import read_topic
+from ops.worker import post_json, wait_http
 from tests.integration.conftest import free_port, run
 
 pytestmark = pytest.mark.integration

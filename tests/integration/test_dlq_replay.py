@@ -7,8 +7,10 @@ import shutil
 import orjson
 import pytest
 
-from cdp_cli.ops import dlq_replay, dlq_stats, publish_lines, query, wait_processed
-from core.settings import PACKAGE_RULES_DIR
+from config.settings import PACKAGE_RULES_DIR
+from ops.dlq import dlq_replay, dlq_stats
+from ops.topics import publish_lines, wait_processed
+from ops.worker import query
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import core
-from cdp_cli.generate import generate
-from cdp_cli.ops import dlq_stats, publish_lines, query, read_topic, wait_processed
 from core.ids import oneid_for
+from ops.dlq import dlq_stats
+from ops.topics import publish_lines, read_topic, wait_processed
+from ops.worker import query
 from streams.kafka import client_kwargs, ensure_topics
 from tests.integration.conftest import run
+from traffic.shop import generate
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from cdp_cli.ops import WorkerProcess, publish_lines, query, read_topic, wait_processed
-from core.settings import Settings
+from config.settings import Settings
+from ops.topics import publish_lines, read_topic, wait_processed
+from ops.worker import WorkerProcess, query
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import PACKAGE_RULES_DIR
+from config.settings import PACKAGE_RULES_DIR
 from rules.loader import RuleLoadError, load_rules, parse_duration_ms
 
 

@@ -5,7 +5,7 @@ import asyncio
 
 import orjson
 
-from core.settings import Settings
+from config.settings import Settings
 from streams.collector import Collector
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from core.settings import Settings
+from config.settings import Settings
 from streams.ingest import Ingest
 from tests.core.helpers import RULES
 

@@ -7,10 +7,10 @@ import asyncio
 import orjson
 import pytest
 
+from config.settings import Settings
 from core.envelope import encode_entry, encode_envelopes
 from core.ids import oneid_for, partition_for
 from core.person import PersonState
-from core.settings import Settings
 from streams.app import build_pipeline
 
 HOUR = 3_600_000

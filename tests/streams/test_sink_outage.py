@@ -8,8 +8,8 @@ import asyncio
 import orjson
 import pytest
 
+from config.settings import Settings
 from core.envelope import encode_entry, encode_envelopes
-from core.settings import Settings
 from sinks.clickhouse import ClickHouseSink
 from streams.app import build_pipeline
 

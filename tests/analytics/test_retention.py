@@ -8,15 +8,15 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from cdp_cli.analytics import format_retention, retention_sql
-from cdp_cli.generate import generate
+from analytics.funnels import format_retention, retention_sql
 from core.envelope import decode_envelope, encode_envelopes
 from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row
 from sinks.clickhouse import EVENT_COLUMNS
-from tests.cdp_cli.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan, resolver
+from tests.analytics.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan, resolver
 from tests.core.helpers import RULES
+from traffic.shop import generate
 
 NOW = 1_790_000_000_000
 # The generated traffic ends at the ingest's clock: events from after it would be timed at receipt.

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from cdp_cli.analytics import events_source, funnel_sql, funnel_table, retention_sql, time_range
+from analytics.funnels import events_source, funnel_sql, funnel_table, retention_sql, time_range
 
 CHANNEL_COLOURS = {"sms": "#2b6cb0", "email": "#2f855a", "push": "#b7791f", "wechat": "#319795", "crm": "#805ad5",
                    "webhook": "#718096"}
@@ -56,7 +56,7 @@ def _where(conditions: list[str]) -> str:
 def gather(run: Any, steps: list[str], window: str = "1d", period: str = "week", periods: int = 8,
            since: datetime | None = None, until: datetime | None = None, where: str | None = None,
            merge_aware: bool = True, actions_where: str | None = None) -> ReportData:
-    """Query everything the page shows. ``run(sql) -> JSONEachRow bytes`` (``cdp_cli.ops.query`` bound to
+    """Query everything the page shows. ``run(sql) -> JSONEachRow bytes`` (``ops.worker.query`` bound to
     settings, or a sink's ``query``). ``since``/``until`` bound event time, action creation and feedback time;
     ``where`` (SQL over cdp.events columns) narrows the events, ``actions_where`` (over cdp.actions columns) the
     actions and their feedback."""

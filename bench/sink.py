@@ -2,7 +2,7 @@
 pipeline's sink batch size and, in the same run, of one envelope's size (what each insert held before sink
 batches), so the ratio shows what batching buys. A child process: chDB holds one database path per process.
 
-    python -m cdp_cli.bench_sink --rows ROWS.jsonl --path DIR [--batch-rows 20000] [--small-rows 1000]
+    python -m bench.sink --rows ROWS.jsonl --path DIR [--batch-rows 20000] [--small-rows 1000]
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ def sink_rates(rows: list[bytes], workdir: Path, batch_rows: int, small_rows: in
     db = workdir / "sink-bench-clickhouse"
     if db.exists():
         shutil.rmtree(db)
-    from cdp_cli.ops import run_json_module
+    from ops.worker import run_json_module
 
-    return run_json_module("cdp_cli.bench_sink", ["--rows", str(rows_file), "--path", str(db),
+    return run_json_module("bench.sink", ["--rows", str(rows_file), "--path", str(db),
                                                   "--batch-rows", str(batch_rows), "--small-rows", str(small_rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cdp_cli.bench_sink", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.sink", description=__doc__)
     p.add_argument("--rows", required=True, help="event rows as the pipeline inserts them, one JSON per line")
     p.add_argument("--path", required=True, help="a fresh directory for the embedded ClickHouse")
     p.add_argument("--batch-rows", type=int, default=20_000)

@@ -9,15 +9,15 @@ from html.parser import HTMLParser
 
 import orjson
 
-from cdp_cli.analytics import funnel_sql, funnel_table, retention_sql
-from cdp_cli.generate import generate
-from cdp_cli.report import ReportData, gather, render_report, retention_matrix
+from analytics.funnels import funnel_sql, funnel_table, retention_sql
+from analytics.report import ReportData, gather, render_report, retention_matrix
 from core.envelope import decode_envelope, encode_envelopes
 from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row
 from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS, FEEDBACK_COLUMNS
 from tests.core.helpers import RULES
+from traffic.shop import generate
 
 NOW = 1_790_000_000_000
 # The generated traffic ends at the ingest's clock: events from after it would be timed at receipt.

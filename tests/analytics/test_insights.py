@@ -16,16 +16,16 @@ from typing import Any
 import orjson
 import pytest
 
-from cdp_cli import insights
-from cdp_cli.generate import CAMPAIGNS, EXPERIMENT_ID, generate
+from analytics import insights
 from cdp_cli.main import main
 from core.envelope import Entry, decode_envelope, encode_envelopes
 from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row
 from sinks.clickhouse import EVENT_COLUMNS
-from tests.cdp_cli.identity_merges import MERGE_COLUMNS, merge_lines, resolver
+from tests.analytics.identity_merges import MERGE_COLUMNS, merge_lines, resolver
 from tests.core.helpers import RULES
+from traffic.shop import CAMPAIGNS, EXPERIMENT_ID, generate
 
 NOW = 1_790_000_000_000
 END = datetime.fromtimestamp(NOW / 1000, UTC)

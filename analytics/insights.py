@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from cdp_cli.analytics import events_source, property_sql, quote, time_range, ts_literal
+from analytics.funnels import events_source, property_sql, quote, time_range, ts_literal
 from rules.loader import parse_duration_ms
 
 MODELS = ("last_click", "first_click", "linear", "time_decay", "position_based")

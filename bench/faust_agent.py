@@ -1,6 +1,6 @@
 """A Faust agent that does nothing, over one topic: the per-event cost of Faust's stream machinery.
 
-Run as ``python -m cdp_cli.bench_faust TOPIC N BOOTSTRAP PORT DATADIR``; prints events/s as JSON on stdout.
+Run as ``python -m bench.faust_agent TOPIC N BOOTSTRAP PORT DATADIR``; prints events/s as JSON on stdout.
 """
 
 from __future__ import annotations

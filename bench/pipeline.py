@@ -23,10 +23,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 import core
-from cdp_cli.generate import generate
-from cdp_cli.ops import WorkerProcess, publish_lines, query, wait_http
-from core.settings import Settings
+from config.settings import Settings
+from ops.topics import publish_lines
+from ops.worker import WorkerProcess, query, wait_http
 from streams.kafka import client_kwargs, delete_topics, topic_partitions
+from traffic.shop import generate
 
 
 def bench_events(n: int, users: int, seed: int = 42) -> list[bytes]:
@@ -69,7 +70,7 @@ async def raw_consume_rate(s: Settings, topic: str, n: int) -> tuple[float, floa
 def faust_agent_rate(s: Settings, topic: str, n: int, datadir: Path) -> int | None:
     """Events/s of a Faust agent that does nothing over the same topic (the cost the design avoids)."""
 
-    cmd = [sys.executable, "-m", "cdp_cli.bench_faust", topic, str(n), s.kafka_bootstrap, str(s.web_port + 1),
+    cmd = [sys.executable, "-m", "bench.faust_agent", topic, str(n), s.kafka_bootstrap, str(s.web_port + 1),
            str(datadir)]
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=180).stdout
@@ -300,7 +301,7 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
             # The workers ran the core compiled (core/native.py) or as plain Python: a different rate.
             "compiled_core": core.NATIVE,
         }
-        from cdp_cli.bench_sink import sink_rates
+        from bench.sink import sink_rates
 
         sink = sink_rates(pipeline_rows(lines, s), tmp, s.sink_batch_rows)
         result["sink_rows_per_s"] = sink["batched_rows_per_s"]
@@ -317,7 +318,7 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
             result["faust_noop_agent_eps"] = rate
             result["faust_noop_ratio"] = round(rate / raw_eps, 3) if rate else None
         if analytics_events:
-            from cdp_cli.bench_analytics import funnel_bench
+            from bench.analytics import funnel_bench
 
             fb = funnel_bench(analytics_events, str(tmp / "analytics-clickhouse"))
             result["analytics_events"] = fb["events"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cdp_cli.bench import CpuSampler
+from bench.pipeline import CpuSampler
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

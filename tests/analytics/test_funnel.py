@@ -11,15 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from cdp_cli.analytics import funnel_sql, funnel_table
-from cdp_cli.generate import generate
+from analytics.funnels import funnel_sql, funnel_table
 from core.envelope import decode_envelope, encode_envelopes
 from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row, row_dict
 from sinks.clickhouse import EVENT_COLUMNS
-from tests.cdp_cli.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan, resolver
+from tests.analytics.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan, resolver
 from tests.core.helpers import RULES
+from traffic.shop import generate
 
 STEPS = ["product_view", "add_to_cart", "checkout_start", "order_paid"]
 NOW = 1_790_000_000_000
@@ -240,7 +240,7 @@ def test_funnel_rejects_unknown_mode():
 def test_cli_funnel_modes_breakdown_and_no_merge(chdb_sink, merged, monkeypatch, capsys):
     """`cdp funnel` passes --mode, --breakdown and --no-merge through and prints a table per value (and --json)."""
     from cdp_cli import main as cli
-    from cdp_cli import ops
+    from ops import worker as ops
 
     monkeypatch.setattr(ops, "query", lambda settings, sql, fmt: chdb_sink.query(sql, fmt))
     steps = ",".join(STEPS)

@@ -1,0 +1,1 @@
+"""Synthetic, realistic shop traffic (`cdp generate`, the demo, tests and benchmarks)."""
