@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 KAFKA := deploy/local/kafka.sh
+# Every package of the project (tests/test_architecture.py holds their layers).
+PACKAGES := schemas rules core analytics traffic config sinks streams ops bench cdp_cli
 # A broker named by CDP_KAFKA_BOOTSTRAP (other than the local default) is used as is and never started here.
 LOCAL_KAFKA := $(if $(filter-out 127.0.0.1:9092 localhost:9092,$(CDP_KAFKA_BOOTSTRAP)),,yes)
 
@@ -51,7 +53,7 @@ bench: setup ## the benchmark: pipeline rate against the raw consume rate, same 
 
 lint: setup ## ruff and mypy
 	$(BIN)/ruff check .
-	$(BIN)/mypy core schemas rules
+	$(BIN)/mypy $(PACKAGES)
 
 clean: down ## remove local state (broker data, ClickHouse, worker state); keeps .venv and the Kafka jars
 	rm -rf .local/kafka/data .local/kafka/logs .local/clickhouse .local/state .local/demo
