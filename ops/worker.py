@@ -69,8 +69,9 @@ def fetch_health(url: str) -> dict[str, Any] | None:
         return None
 
 
-def worker_query(info: dict[str, Any], sql: str, fmt: str) -> bytes:
-    req = urllib.request.Request(info["url"] + "/admin/sql", data=orjson.dumps({"query": sql, "format": fmt}),
+def worker_query(info: dict[str, Any], sql: str, fmt: str, parameters: dict[str, Any] | None = None) -> bytes:
+    body = {"query": sql, "format": fmt, "parameters": parameters}
+    req = urllib.request.Request(info["url"] + "/admin/sql", data=orjson.dumps(body),
                                  headers={"X-CDP-Admin-Token": info["token"], "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=300) as r:
@@ -79,18 +80,20 @@ def worker_query(info: dict[str, Any], sql: str, fmt: str) -> bytes:
         raise RuntimeError(orjson.loads(exc.read()).get("error", str(exc))) from None
 
 
-def query(s: Settings, sql: str, fmt: str = "TabSeparatedWithNames") -> bytes:
-    """Run SQL on the configured ClickHouse: directly, or through the running worker that holds chDB."""
+def query(s: Settings, sql: str, fmt: str = "TabSeparatedWithNames",
+          parameters: dict[str, Any] | None = None) -> bytes:
+    """Run SQL on the configured ClickHouse: directly, or through the running worker that holds chDB.
+    ``parameters`` bind ``{name:Type}`` placeholders."""
     if s.clickhouse_url.startswith("chdb://"):
         info = running_worker(s)
         if info is not None:
-            return worker_query(info, sql, fmt)
+            return worker_query(info, sql, fmt, parameters)
     from sinks.clickhouse import ClickHouseSink
 
     sink = ClickHouseSink(s.clickhouse_url)
     try:
         sink.migrate()
-        return sink.query(sql, fmt)
+        return sink.query(sql, fmt, parameters)
     finally:
         sink.close()
 

@@ -232,10 +232,11 @@ class ClickHouseSink:
             client.command(f"INSERT INTO {DATABASE}.{table} ({cols}) SELECT * FROM "
                            f"file({format_str(path)}, {format_str(fmt)}, {format_str(structure)}) SETTINGS {clause}")
 
-    def query(self, sql: str, fmt: str = "TabSeparatedWithNames") -> bytes:
-        """Run any statement and return ClickHouse's own output format (what `cdp sql` prints)."""
+    def query(self, sql: str, fmt: str = "TabSeparatedWithNames", parameters: dict[str, Any] | None = None) -> bytes:
+        """Run any statement and return ClickHouse's own output format (what `cdp sql` prints). ``parameters``
+        bind ``{name:Type}`` placeholders (ClickHouse's server-side binding: values never become SQL text)."""
         with self._lock:
-            return self.client.raw_query(sql, fmt=fmt)
+            return self.client.raw_query(sql, fmt=fmt, parameters=parameters)
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -146,7 +146,8 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
             body = orjson.loads(await request.read())
             try:
                 out = await asyncio.get_running_loop().run_in_executor(
-                    None, pipeline.sink.query, body["query"], body.get("format", "TabSeparatedWithNames"))
+                    None, pipeline.sink.query, body["query"], body.get("format", "TabSeparatedWithNames"),
+                    body.get("parameters"))
             except Exception as exc:  # a query error goes back to the caller
                 return self.json({"error": str(exc)}, status=400)
             return self.bytes(out, content_type="text/plain")
