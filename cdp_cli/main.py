@@ -389,8 +389,20 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from ops.dlq import dlq_replay
 
     s = Settings()
-    n, seen = asyncio.run(dlq_replay(s, _dt(args.since) if args.since else None, args.reason, args.stage))
-    print(f"replayed {n} of {seen} bad rows from {s.dlq_topic} to {s.raw_topic}")
+    r = asyncio.run(dlq_replay(s, _dt(args.since) if args.since else None, args.reason, args.stage))
+    print(f"replayed {r.replayed} of {r.seen} bad rows from {s.dlq_topic} to {s.raw_topic}, skipped {r.skipped}")
+    if r.skipped:
+        whys = sorted({x.why for x in r.skipped_rows})
+        places = ", ".join(x.where for x in r.skipped_rows[:10])
+        more = f", and {r.skipped - 10} more" if r.skipped > 10 else ""
+        print(f"{r.skipped} rows could not be read ({places}{more}): {'; '.join(whys)}")
+    if r.records:
+        print(f"{r.records} rows record what failed and are not events: left on {s.dlq_topic}")
+    if r.error:
+        where = f" at {r.stopped_at}" if r.stopped_at else " before reading any row"
+        print(f"error: the replay stopped{where} after replaying {r.replayed} rows ({r.error}); rows before that"
+              " place are replayed, and replaying again duplicates nothing", file=sys.stderr)
+        return 1
     return 0
 
 

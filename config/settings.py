@@ -20,11 +20,20 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="cdp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     web_port: int = 6066
     web_host: str = "127.0.0.1"
+    # The admin endpoints (`cdp sql`, `cdp costs load`: streams/admin.py), on a listener of their own, never the
+    # web port's (which carries the public collector). Port 0: a free one, written to the worker file.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=0, ge=0, le=65535)
+    # How long `cdp sql` waits for a worker that holds the embedded ClickHouse while it starts.
+    worker_wait_s: float = Field(default=90.0, ge=0)
     write_keys: str = ""
     pii_salt: str = ""
     data_dir: Path = Path(".local")
     # Partitions of the topics the pipeline creates; the unit of parallelism (one worker process per few).
     partitions: int = Field(default=4, ge=1, le=1024)
+    # Replicas of every topic the pipeline creates, Faust's changelog and internal topics too. 1 for the local
+    # one-broker cluster; production runs 3, with the brokers' min.insync.replicas=2 (acks=all then survives one).
+    replication_factor: int = Field(default=1, ge=1, le=32)
     # Event time: how late an event may arrive and still be counted before timers fire past it.
     allowed_lateness_s: float = Field(default=5.0, ge=0)
     # How often an idle ingest tells downstream that event time has moved on (drives timers when no events come).

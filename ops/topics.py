@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +91,8 @@ async def wait_processed(s: Settings, timeout_s: float = 600.0, poll_s: float = 
 
 
 async def read_topic(s: Settings, topic: str) -> list[Any]:
-    """Every record on a topic now, from the beginning (no consumer group: nothing is committed)."""
+    """Every record on a topic now, from the beginning (no consumer group: nothing is committed), all in memory:
+    for small topics (tests); ``topic_batches`` reads one of any size."""
     c = AIOKafkaConsumer(**client_kwargs(s), enable_auto_commit=False)
     await c.start()
     out: list[Any] = []
@@ -110,3 +113,60 @@ async def read_topic(s: Settings, topic: str) -> list[Any]:
     finally:
         await c.stop()
 
+
+
+@dataclass
+class ReadPosition:
+    """How far a ``topic_batches`` reader got: per partition, the offset after the last record yielded."""
+
+    topic: str
+    ends: dict[int, int] = field(default_factory=dict)  # the end offsets taken when reading started
+    next_offsets: dict[int, int] = field(default_factory=dict)
+
+    def where(self, partition: int, offset: int) -> str:
+        return f"{self.topic}:{partition}:{offset}"
+
+
+async def topic_batches(s: Settings, topic: str, position: ReadPosition | None = None, *, max_records: int = 500,
+                        max_fetch_bytes: int = 1_048_576, idle_timeout_s: float = 30.0
+                        ) -> AsyncGenerator[list[Any], None]:
+    """A topic's records from the beginning up to its end offsets when reading starts, one fetched batch at a
+    time (at most ``max_records``), partition after partition: the caller handles a batch before the next one is
+    fetched, so a topic of any size is read in the memory of one fetch (``max_fetch_bytes``, or one record batch
+    if larger; aiokafka does not prefetch a partition whose records are still held). No consumer group: nothing
+    is committed. ``position``, when given, is kept up to date (for saying how far a failed run got). Raises
+    ``TimeoutError`` naming the partition and offset when a partition gives nothing for ``idle_timeout_s``."""
+    pos = position if position is not None else ReadPosition(topic)
+    c = AIOKafkaConsumer(**client_kwargs(s), enable_auto_commit=False, auto_offset_reset="earliest",
+                         max_partition_fetch_bytes=max_fetch_bytes, fetch_max_bytes=max_fetch_bytes)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(c, topic)]
+        if not tps:
+            return
+        ends = await c.end_offsets(tps)
+        starts = await c.beginning_offsets(tps)
+        pos.ends = {tp.partition: ends[tp] for tp in tps}
+        pos.next_offsets = {tp.partition: starts[tp] for tp in tps}
+        for tp in tps:
+            end = ends[tp]
+            if starts[tp] >= end:
+                continue
+            c.assign([tp])
+            c.seek(tp, starts[tp])
+            idle_since = time.monotonic()
+            while pos.next_offsets[tp.partition] < end:
+                got = (await c.getmany(tp, timeout_ms=1000, max_records=max_records)).get(tp, [])
+                msgs = [m for m in got if m.offset < end]
+                # The position also moves past what is no record (transaction markers, compacted gaps).
+                now_at = min(await c.position(tp), end)
+                if now_at > pos.next_offsets[tp.partition]:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > idle_timeout_s:
+                    raise TimeoutError(f"nothing read from {pos.where(tp.partition, now_at)} in {idle_timeout_s:g} s"
+                                       f" (the partition ends at {end})")
+                if msgs:
+                    yield msgs
+                pos.next_offsets[tp.partition] = now_at
+    finally:
+        await c.stop()

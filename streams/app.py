@@ -73,6 +73,7 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
         store=store or "rocksdb://",
         datadir=str(settings.state_dir),
         topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,  # the changelog's and Faust's own topics
         topic_allow_declare=True,
         web_port=settings.web_port,
         web_bind=settings.web_host,

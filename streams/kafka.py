@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError, for_code
 
 from config.settings import Settings
 from schemas.actions import Channel
@@ -57,16 +59,66 @@ async def admin_client(s: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
         await admin.close()
 
 
-async def ensure_topics(s: Settings, names: list[str] | None = None) -> None:
-    """Create the topics with ``CDP_PARTITIONS`` partitions if they do not exist yet (idempotent)."""
+def new_topics(s: Settings, names: list[str]) -> list[NewTopic]:
+    return [NewTopic(n, s.partitions, s.replication_factor) for n in names]
+
+
+class TopicSetupError(RuntimeError):
+    """The cluster refused to create a topic the pipeline needs, or its partitions got no leader in time."""
+
+
+async def ensure_topics(s: Settings, names: list[str] | None = None, leader_timeout_s: float = 30.0) -> None:
+    """Create the topics with ``CDP_PARTITIONS`` partitions and ``CDP_REPLICATION_FACTOR`` replicas if they do not
+    exist yet (idempotent), and return once every partition of those created has a leader: a producer that sends
+    to a partition before it has one gets ``NotLeaderForPartitionError`` and retries, noisily.
+
+    Raises ``TopicSetupError`` saying which topic and why when the cluster refuses (a replication factor above
+    its number of brokers is refused at once), or when leaders are not elected within ``leader_timeout_s``."""
     async with admin_client(s) as admin:
         existing = set(await admin.list_topics())
         todo = [n for n in (names or pipeline_topics(s)) if n not in existing]
-        if todo:
-            try:
-                await admin.create_topics([NewTopic(n, s.partitions, 1) for n in todo])
-            except TopicAlreadyExistsError:
-                pass  # another worker won the race
+        if not todo:
+            return
+        # The response carries an error per topic; the request itself does not fail.
+        resp = await admin.create_topics(new_topics(s, todo))
+        refused = [(e[0], e[1], e[2] if len(e) > 2 else None) for e in resp.topic_errors
+                   if e[1] not in (0, TopicAlreadyExistsError.errno)]  # already there: another worker won the race
+        if refused:
+            raise TopicSetupError(_refusal(s, refused))
+        await _wait_for_leaders(admin, todo, leader_timeout_s)
+
+
+def _refusal(s: Settings, refused: list[tuple[str, int, str | None]]) -> str:
+    name, code, message = refused[0]
+    kind = f"Kafka error {code}, {for_code(code).__name__}"
+    why = f"{message} ({kind})" if message else kind
+    more = f" and {len(refused) - 1} more" if len(refused) > 1 else ""
+    hint = ""
+    if code == InvalidReplicationFactorError.errno:
+        hint = (f"; CDP_REPLICATION_FACTOR is {s.replication_factor}: set it to at most the number of brokers"
+                " (1 for the local broker)")
+    return f"Kafka at {s.kafka_bootstrap} refused to create topic {name}{more}: {why}{hint}"
+
+
+def _leaderless(described: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """Those of ``names`` not yet known with every partition led (``describe_topics``' answer)."""
+    ready = {t["topic"] for t in described
+             if t["error_code"] == 0 and t["partitions"]
+             and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])}
+    return [n for n in names if n not in ready]
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    waiting = names
+    while True:
+        waiting = _leaderless(await admin.describe_topics(waiting), waiting)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TopicSetupError(f"partitions of {', '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''} "
+                                  f"have no leader {timeout_s:g} s after the topics were created")
+        await asyncio.sleep(0.05)
 
 
 async def delete_topics(s: Settings, prefix: str) -> int:

@@ -40,8 +40,10 @@ def test_replay_after_a_rule_fix_processes_each_event_once(deployment, tmp_path)
     with deployment.worker() as w:
         w.start()
         # Everything replayable is replayed; the envelope is not an event and stays where it is.
-        assert run(dlq_replay(s)) == (3, 4)
-        assert run(dlq_replay(s, reason="no_identifier")) == (3, 4)  # an operator replays twice
+        first = run(dlq_replay(s))
+        assert (first.replayed, first.seen, first.skipped, first.records, first.error) == (3, 4, 0, 1, None)
+        again = run(dlq_replay(s, reason="no_identifier"))  # an operator replays twice
+        assert (again.replayed, again.seen, again.skipped, again.error) == (3, 4, 0, None)
         run(wait_processed(s, timeout_s=120))
         got = query(s, "SELECT message_id FROM cdp.events ORDER BY message_id", "TabSeparated").decode().split()
     assert got == ["ok-1", "pos-0", "pos-1", "pos-2"]
