@@ -283,7 +283,10 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
 def health(p: Pipeline) -> dict[str, Any]:
     ing = p.ingest
     stage = p.stage
-    ingest_ready = ing is None or (ing.running and ing.consumer is not None and bool(ing.consumer.assignment()))
+    # A fault the ingest cannot get past by itself (a raw batch it cannot read, Kafka failing for a minute) too.
+    ingest_faults = [] if ing is None else ing.faults()
+    ingest_ready = ing is None or (ing.running and ing.consumer is not None and bool(ing.consumer.assignment())
+                                   and not ingest_faults)
     persons_ready = stage is None or (stage.stopped is None and bool(p.app.consumer.assignment()))
     return {
         "status": "ok",
@@ -300,6 +303,7 @@ def health(p: Pipeline) -> dict[str, Any]:
             "assigned": sorted(tp.partition for tp in ing.consumer.assignment()) if ing.consumer else [],
             "records_in": ing.records_in,
             "first_event_at": ing.first_event_at, "first_fetch_at": ing.first_fetch_at,
+            "faults": ingest_faults,
         },
         "persons": None if stage is None else {
             "envelopes": stage.stats.envelopes, "events_sunk": stage.stats.events_sunk,

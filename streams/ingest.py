@@ -12,10 +12,13 @@ import logging
 import time
 import uuid
 from collections import deque
+from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import __version__ as aiokafka_version
+from aiokafka.errors import CommitFailedError, CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from config.settings import Settings
 from core.envelope import encode_envelopes
@@ -23,8 +26,8 @@ from core.ingest import ingest_batches, watermark
 from rules.loader import RuleSet
 from streams import metrics
 from streams.kafka import batch_producer, client_kwargs
+from streams.raw_records import RawValues
 from streams.raw_records import install as install_raw_records
-from streams.raw_records import raw_values
 
 log = logging.getLogger("cdp.ingest")
 
@@ -32,6 +35,47 @@ log = logging.getLogger("cdp.ingest")
 INGEST_PIPELINE_DEPTH = 2
 INGEST_COMMIT_INTERVAL_S = 1.0
 INGEST_FETCH_MAX_WAIT_MS = 100
+# A Kafka request, write or commit that fails is retried from the last commit, waiting 1 s, then twice as long each
+# time up to 30 s. The ingest stays ready for the first 60 s of failures: a broker restart or a leader election is
+# over in seconds, and the loop gets past it by itself; past that it is an outage someone must see.
+INGEST_RETRY_MIN_S = 1.0
+INGEST_RETRY_MAX_S = 30.0
+INGEST_FAILING_READY_S = 60.0
+# A record batch the ingest cannot read (streams.raw_records) stops its partition there: tried again after 1 s
+# (a batch damaged on the way is fetched afresh), then twice as long each time up to 30 s, and not ready meanwhile.
+INGEST_STALL_RETRY_MIN_S = 1.0
+INGEST_STALL_RETRY_MAX_S = 30.0
+# Errors in reading a record batch: re-reading does not get past them by itself.
+UNREADABLE = (UnsupportedCodecError, CorruptRecordException)
+
+
+def _unreadable_kind(exc: BaseException) -> str:
+    return "unsupported_codec" if isinstance(exc, UnsupportedCodecError) else "corrupt_batch"
+
+
+@dataclass
+class _Stall:
+    """A raw partition whose reading stopped at a record batch the ingest cannot read (paused between tries)."""
+
+    kind: str
+    offset: int
+    error: str
+    since: float  # wall clock
+    retry_at: float  # monotonic
+    tries: int = 1
+    paused: bool = True
+
+
+@dataclass
+class _Failing:
+    """Kafka errors in a row (``kafka``), or a batch that cannot be read whose partition is not known."""
+
+    kind: str
+    error: str
+    since: float  # wall clock
+    since_mono: float
+    last_mono: float
+    tries: int = 0
 
 
 class Ingest:
@@ -62,6 +106,11 @@ class Ingest:
         self._unacked: deque[tuple[list[asyncio.Future[Any]], dict[TopicPartition, int]]] = deque()
         self._acked: dict[TopicPartition, int] = {}  # acknowledged, not yet committed
         self._last_commit = 0.0
+        # Raw records, and where the fetches report a record batch they could not read (streams.raw_records).
+        self._raw = RawValues()
+        self._stalls: dict[TopicPartition, _Stall] = {}
+        self._failing: _Failing | None = None
+        self._rewind_due = False
 
     async def start(self) -> None:
         kw = client_kwargs(self.s)
@@ -75,7 +124,7 @@ class Ingest:
             # aiokafka keeps one fetch in flight per broker, and does not fetch a partition whose records it still
             # holds: with its default 500 ms wait, a fetch for partitions read to their end held back the rest of
             # a partition read meanwhile (a 0.45 s stall at the end of a backlog, measured). The wait bounds it.
-            fetch_max_wait_ms=INGEST_FETCH_MAX_WAIT_MS, value_deserializer=raw_values,
+            fetch_max_wait_ms=INGEST_FETCH_MAX_WAIT_MS, value_deserializer=self._raw,
         )
         await self.producer.start()
         await self.consumer.start()
@@ -114,8 +163,14 @@ class Ingest:
             self.running = False
 
     async def _run(self) -> None:
+        assert self.consumer is not None
         while not self._stopping.is_set():
             try:
+                if self._rewind_due:  # the rewind itself may fail (broker away): then it is tried again
+                    await self._rewind()
+                    self._rewind_due = False
+                if self._stalls:
+                    self._retry_stalled()
                 # Waiting for input is short while some partition's events wait for a flush mark.
                 timeout_s = min(self.s.heartbeat_s, self.s.sink_flush_ms / 1000) if self._unflushed \
                     else self.s.heartbeat_s
@@ -123,22 +178,125 @@ class Ingest:
                     self.first_fetch_at = time.time()
                 batches = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000),
                                                       max_records=self.s.ingest_batch)
+                if self._raw.faults:
+                    self._stall()
                 if batches:
                     await self._process(batches)
                 else:
                     await self._flush_unflushed()
                     await self._commit_acknowledged(drain=True)
+                    if self._failing is not None and not self._unacked and await self._caught_up():
+                        self._progressed()  # nothing left to read or to commit
+                if self._stalls:
+                    await self._read_past_stalls()
                 await self._maybe_heartbeat()
             except asyncio.CancelledError:
                 raise
+            except UNREADABLE as exc:
+                # Raised only by aiokafka's own records (an aiokafka streams.raw_records does not know): the
+                # partition is not known, and the records other partitions gave that call were lost with it.
+                log.error("ingest: cannot read a record batch of %s (aiokafka %s does not say where): %r",
+                          self.s.raw_topic, aiokafka_version, exc)
+                await self._failed(exc, _unreadable_kind(exc))
             except (KafkaError, CommitFailedError) as exc:
-                # Uncommitted records are read again (the person stage drops duplicates by messageId): rewind
-                # to the last committed offsets so nothing whose write failed is skipped.
-                log.warning("ingest: kafka error, re-reading from the last commit: %r", exc)
-                self._unacked.clear()
-                self._acked.clear()
-                await self._rewind()
-                await asyncio.sleep(1.0)
+                await self._failed(exc, "kafka")
+
+    async def _failed(self, exc: BaseException, kind: str) -> None:
+        """Re-read from the last commit after a wait that doubles while the failures go on.
+
+        Uncommitted records are read again (the person stage drops duplicates by messageId), so nothing whose
+        write failed is skipped."""
+        now = time.monotonic()
+        f = self._failing
+        if f is None or f.kind != kind:
+            f = self._failing = _Failing(kind, repr(exc), time.time(), now, now)
+        f.tries += 1
+        f.error, f.last_mono = repr(exc), now
+        if kind == "kafka":
+            delay = min(INGEST_RETRY_MIN_S * 2 ** (f.tries - 1), INGEST_RETRY_MAX_S)
+        else:
+            delay = min(INGEST_STALL_RETRY_MIN_S * 2 ** (f.tries - 1), INGEST_STALL_RETRY_MAX_S)
+        metrics.ingest_failures.labels(kind).inc()
+        metrics.ingest_failing.set(1)
+        log.warning("ingest: %s (%d in a row, for %.0f s), re-reading from the last commit in %.0f s: %r",
+                    "kafka error" if kind == "kafka" else kind, f.tries, now - f.since_mono, delay, exc)
+        self._unacked.clear()
+        self._acked.clear()
+        self._rewind_due = True
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _progressed(self) -> None:
+        """A commit went through, or there was nothing left to read or commit: the failures are over (a batch that
+        could not be read, once its tries have stopped meeting it)."""
+        f = self._failing
+        if f is None or (f.kind != "kafka" and time.monotonic() - f.last_mono < INGEST_STALL_RETRY_MAX_S):
+            return
+        log.warning("ingest: reading again, after %d failures over %.0f s (%s)", f.tries,
+                    time.monotonic() - f.since_mono, f.error)
+        self._failing = None
+        metrics.ingest_failing.set(0)
+
+    def _stall(self) -> None:
+        """Stop reading the partitions whose fetch met a record batch it cannot read, at that batch (paused, and
+        tried again now and then); the other partitions go on."""
+        assert self.consumer is not None
+        faults, self._raw.faults = self._raw.faults, {}
+        now = time.monotonic()
+        for tp, (offset, exc) in faults.items():
+            kind = _unreadable_kind(exc)
+            metrics.ingest_failures.labels(kind).inc()
+            st = self._stalls.get(tp)
+            if st is not None and st.offset == offset:
+                st.tries += 1
+                st.error = repr(exc)
+                delay = min(INGEST_STALL_RETRY_MIN_S * 2 ** (st.tries - 1), INGEST_STALL_RETRY_MAX_S)
+                st.retry_at, st.paused = now + delay, True
+                log.warning("ingest: %s partition %d still cannot be read at offset %d (%d tries since %s), next "
+                            "try in %.0f s: %r", tp.topic, tp.partition, offset, st.tries,
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.since)), delay, exc)
+            else:
+                self._stalls[tp] = _Stall(kind, offset, repr(exc), time.time(), now + INGEST_STALL_RETRY_MIN_S)
+                log.error("ingest: cannot read %s partition %d at offset %d (%s): %r. That partition stops there "
+                          "(nothing is skipped; the other partitions go on), /healthz says not ready, and it is "
+                          "tried again every %.0f s at most", tp.topic, tp.partition, offset, kind, exc,
+                          INGEST_STALL_RETRY_MAX_S)
+            self.consumer.pause(tp)
+        metrics.ingest_stalled_partitions.set(len(self._stalls))
+
+    def _retry_stalled(self) -> None:
+        assert self.consumer is not None
+        held = self.consumer.assignment()
+        now = time.monotonic()
+        for tp, st in list(self._stalls.items()):
+            if tp not in held:
+                del self._stalls[tp]  # given away: its new owner meets the batch and reports it
+            elif st.paused and now >= st.retry_at:
+                st.paused = False
+                self.consumer.resume(tp)
+        metrics.ingest_stalled_partitions.set(len(self._stalls))
+
+    async def _read_past_stalls(self) -> None:
+        assert self.consumer is not None
+        held = self.consumer.assignment()
+        for tp, st in list(self._stalls.items()):
+            if not st.paused and tp in held and await self.consumer.position(tp) > st.offset:
+                del self._stalls[tp]
+                log.warning("ingest: %s partition %d read past offset %d again, after %d tries", tp.topic,
+                            tp.partition, st.offset, st.tries)
+        metrics.ingest_stalled_partitions.set(len(self._stalls))
+
+    def faults(self) -> list[dict[str, Any]]:
+        """What the ingest cannot get past by itself (each makes /healthz not ready): raw partitions stopped at a
+        record batch it cannot read, and Kafka errors that went on for more than INGEST_FAILING_READY_S."""
+        out: list[dict[str, Any]] = [
+            {"kind": st.kind, "topic": tp.topic, "partition": tp.partition, "offset": st.offset, "error": st.error,
+             "since": st.since, "tries": st.tries} for tp, st in self._stalls.items()]
+        f = self._failing
+        if f is not None and (f.kind != "kafka" or time.monotonic() - f.since_mono >= INGEST_FAILING_READY_S):
+            out.append({"kind": f.kind, "topic": self.s.raw_topic, "partition": None, "offset": None,
+                        "error": f.error, "since": f.since, "tries": f.tries})
+        return out
 
     async def _source_state(self, now_ms: int) -> tuple[int, bool]:
         """The least watermark over this instance's raw partitions (downstream tracks one per source), and whether
@@ -151,9 +309,14 @@ class Ingest:
             hw = self.consumer.highwater(tp)
             pos = await self.consumer.position(tp)
             caught_up = hw is not None and pos >= hw
-            all_caught_up = all_caught_up and caught_up
+            # A stalled partition holds the watermark back (its events may come yet), but is no backlog to read
+            # in full batches: live events of the others are flushed as when caught up.
+            all_caught_up = all_caught_up and (caught_up or tp in self._stalls)
             marks.append(watermark(self.max_ts.get(tp.partition), caught_up, now_ms, lateness))
         return (min(marks) if marks else 0), all_caught_up
+
+    async def _caught_up(self) -> bool:
+        return (await self._source_state(int(time.time() * 1000)))[1]
 
     async def _process(self, batches: dict[TopicPartition, list]) -> None:
         assert self.producer is not None and self.consumer is not None
@@ -226,6 +389,8 @@ class Ingest:
             self._last_commit = time.monotonic()
             if offsets:
                 await self.consumer.commit(offsets)
+                if self._failing is not None:
+                    self._progressed()
 
     async def _flush_unflushed(self) -> None:
         """Input paused: close the sink batches still open downstream with a flush heartbeat."""

@@ -27,3 +27,14 @@ future_timestamps = Counter("cdp_events_future_timestamp_total", "events whose t
 past_timestamps = Counter("cdp_events_past_timestamp_total",
                           "events whose time came out before 1970 (a sentAt far ahead of their timestamp)",
                           registry=REGISTRY)
+ingest_failures = Counter("cdp_ingest_failures_total",
+                          "errors the ingest loop met, by kind: unsupported_codec and corrupt_batch (a raw record "
+                          "batch it cannot read), kafka (a broker request, write or commit that failed; retried)",
+                          ["kind"],
+                          registry=REGISTRY)
+ingest_stalled_partitions = Gauge("cdp_ingest_stalled_partitions",
+                                  "raw partitions whose reading stopped at a record batch the ingest cannot read",
+                                  registry=REGISTRY)
+ingest_failing = Gauge("cdp_ingest_failing",
+                       "1 while the ingest's Kafka requests keep failing (retried from the last commit), else 0",
+                       registry=REGISTRY)

@@ -5,11 +5,18 @@ dataclass of eleven fields through three Python frames per record: 0.9 µs per r
 decoding with its CRC check (docs/performance.md, session 12). The ingest reads every raw event once and needs
 only the record's offset, timestamp, key, value and headers, with the topic and partition its batch is keyed by.
 
-A consumer opts in by passing ``value_deserializer=raw_values``: its fetches then yield aiokafka's own C record
-objects (``offset``, ``timestamp``, ``key``, ``value``, ``headers``), in the same order, with the same offsets
-consumed and the same checks (CRC, control batches, records before the fetch position); any other consumer in the
-process is untouched. Without ``install()`` (an aiokafka this does not know), ``raw_values`` is the identity and
-the consumer gets ordinary ``ConsumerRecord``s, which have the same fields: slower, never wrong.
+A consumer opts in by passing a ``RawValues()`` as its ``value_deserializer``: its fetches then yield aiokafka's own
+C record objects (``offset``, ``timestamp``, ``key``, ``value``, ``headers``), in the same order, with the same
+offsets consumed and the same checks (CRC, control batches, records before the fetch position); any other consumer
+in the process is untouched. Without ``install()`` (an aiokafka this does not know), ``RawValues`` is the identity
+and the consumer gets ordinary ``ConsumerRecord``s, which have the same fields: slower, never wrong.
+
+A record batch it cannot read (a codec whose library is missing, a failed CRC, a malformed batch) is neither
+delivered nor skipped, and not raised either: aiokafka raises it out of ``getmany``, losing the records already
+taken from other partitions in that call (their positions had moved on), and every retry meets it again. Here the
+partition's reading stops at the first record not read, its records before that are delivered, and
+``RawValues.faults`` says where and why, for the consumer to report and to stop fetching that partition (the
+ingest pauses it and retries it now and then: streams.ingest).
 """
 
 from __future__ import annotations
@@ -31,9 +38,16 @@ _EXPECTED_PARAMETERS = ["self", "tp", "records", "aborted_transactions", "fetch_
 _READ_UNCOMMITTED = 0
 
 
-def raw_values(value: bytes | None) -> bytes | None:
-    """The marker of a consumer that takes raw records (as a deserializer: the identity)."""
-    return value
+class RawValues:
+    """The marker of a consumer that takes raw records (as a deserializer: the identity), and where its fetches
+    report the record batches they could not read: ``faults``, partition -> (the offset its reading stopped at, the
+    error). The consumer takes them out after each ``getmany``."""
+
+    def __init__(self) -> None:
+        self.faults: dict[Any, tuple[int, kafka_errors.KafkaError]] = {}
+
+    def __call__(self, value: bytes | None) -> bytes | None:
+        return value
 
 
 class _PartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
@@ -42,8 +56,9 @@ class _PartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc
         super().__init__(tp, records, aborted_transactions, fetch_offset, key_deserializer, value_deserializer,
                          check_crcs, isolation_level)
         # Transactions aborted are skipped only by aiokafka's own loop: read_committed consumers keep it.
-        self._raw = value_deserializer is raw_values and isolation_level == _READ_UNCOMMITTED
+        self._raw = isinstance(value_deserializer, RawValues) and isolation_level == _READ_UNCOMMITTED
         if self._raw:
+            self._faults = value_deserializer.faults
             self._records_iterator = self._raw_records()
 
     def __iter__(self) -> Iterator[Any]:
@@ -54,25 +69,29 @@ class _PartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc
 
     def _raw_records(self) -> Iterator[Any]:
         records = self._records
-        while records.has_next():
-            batch = records.next_batch()
-            if self._check_crcs and not batch.validate_crc():
-                raise kafka_errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
-            if batch.is_control_batch:
+        try:
+            while records.has_next():
+                batch = records.next_batch()
+                if self._check_crcs and not batch.validate_crc():
+                    raise kafka_errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
+                if batch.is_control_batch:
+                    self.next_fetch_offset = batch.next_offset
+                    continue
+                for record in batch:  # a compressed batch is decompressed here
+                    offset = record.offset
+                    if offset < self.next_fetch_offset:
+                        continue  # before the position asked for (a batch is returned whole)
+                    # Before the yield: a caller that stops here (``max_records``) resumes after this record.
+                    self.next_fetch_offset = offset + 1
+                    yield record
                 self.next_fetch_offset = batch.next_offset
-                continue
-            for record in batch:
-                offset = record.offset
-                if offset < self.next_fetch_offset:
-                    continue  # before the position asked for (a batch is returned whole)
-                # Before the yield: a caller that stops here (``max_records``) resumes after this record.
-                self.next_fetch_offset = offset + 1
-                yield record
-            self.next_fetch_offset = batch.next_offset
+        except kafka_errors.KafkaError as exc:
+            # Reported, not raised (module docstring); the position stays at the first record not read.
+            self._faults[self._tp] = (self.next_fetch_offset, exc)
 
 
 def install() -> bool:
-    """Let consumers with ``value_deserializer=raw_values`` take raw records; True when in effect."""
+    """Let consumers whose ``value_deserializer`` is a ``RawValues`` take raw records; True when in effect."""
     if aiokafka_fetcher.PartitionRecords is _PartitionRecords:
         return True
     params = list(inspect.signature(aiokafka_fetcher.PartitionRecords.__init__).parameters)
