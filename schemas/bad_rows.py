@@ -15,14 +15,15 @@ from pydantic import BaseModel, Field
 BAD_ROW_SCHEMA_VERSION = 2  # 2: original headers kept
 
 # Reasons whose payload is not an event but a record of what failed (an envelope of the internal topic, a person's
-# timers): kept for the operator, never replayed to the raw topic.
-NOT_EVENTS = frozenset({"bad_envelope", "timer_failed"})
+# timers, a row ClickHouse refused): kept for the operator, never replayed to the raw topic.
+NOT_EVENTS = frozenset({"bad_envelope", "timer_failed", "sink_rejected"})
 
 
 class Stage(StrEnum):
     decode = "decode"  # not JSON, or not a JSON object
     validate = "validate"  # JSON, but not a valid event
     process = "process"  # valid, but a pipeline step failed on it
+    sink = "sink"  # processed, but ClickHouse refused its row (the payload is the row)
 
 
 class BadRow(BaseModel):

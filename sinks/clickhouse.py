@@ -17,12 +17,14 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.binding import format_query_value, format_str, quote_identifier
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from core.rows import EVENT_ROW_COLUMNS
 
@@ -77,6 +79,120 @@ _INSERT_SETTINGS = {"async_insert": 0, "date_time_input_format": "best_effort",
 PLAIN_INPUT_MIN_ROWS = 2000
 # A top-level LowCardinality wrapper: ``LowCardinality(String)`` -> ``String``.
 _LOW_CARDINALITY = re.compile(r"^LowCardinality\((.*)\)$")
+
+
+class Failure(StrEnum):
+    """What a failed insert says about its rows (``classify``)."""
+
+    transient = "transient"  # ClickHouse (or the way to it) cannot take rows now: the same insert later
+    rejected = "rejected"  # ClickHouse refused the rows' data: some row of them will never go in
+    unknown = "unknown"  # neither is known: retried a few times, then treated as about the rows (streams.sink_writer)
+
+
+# ClickHouse error codes (names as the engine's errorCodeToName gives them: tests/sinks/test_clickhouse.py).
+# The server or its resources cannot take an insert now; or the table, database or a column the insert names is
+# missing (a migration not applied, a server being restored): every row would fail alike, so it is not theirs.
+TRANSIENT_CODES = frozenset({
+    16,  # NO_SUCH_COLUMN_IN_TABLE
+    60,  # UNKNOWN_TABLE
+    81,  # UNKNOWN_DATABASE
+    95,  # CANNOT_READ_FROM_SOCKET
+    96,  # CANNOT_WRITE_TO_SOCKET
+    159,  # TIMEOUT_EXCEEDED
+    173,  # CANNOT_ALLOCATE_MEMORY
+    201,  # QUOTA_EXCEEDED
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  # NO_FREE_CONNECTION
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    225,  # NO_ZOOKEEPER
+    236,  # ABORTED
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    243,  # NOT_ENOUGH_SPACE
+    252,  # TOO_MANY_PARTS
+    279,  # ALL_CONNECTION_TRIES_FAILED
+    285,  # TOO_FEW_LIVE_REPLICAS
+    319,  # UNKNOWN_STATUS_OF_INSERT
+    364,  # RECEIVED_ERROR_TOO_MANY_REQUESTS
+    394,  # QUERY_WAS_CANCELLED
+    425,  # SYSTEM_ERROR
+    439,  # CANNOT_SCHEDULE_TASK
+    677,  # THREAD_WAS_CANCELED
+    700,  # USER_SESSION_LIMIT_EXCEEDED
+    749,  # TCP_CONNECTION_LIMIT_REACHED
+    762,  # HTTP_CONNECTION_LIMIT_REACHED
+    776,  # RESOURCE_LIMIT_EXCEEDED
+    777,  # MEMORY_RESERVATION_KILLED
+    778,  # MEMORY_RESERVATION_FAILED
+    999,  # KEEPER_EXCEPTION
+    1019,  # QUERY_SLOT_ACQUISITION_TIMEOUT
+    1020,  # MEMORY_RESERVATION_ACQUISITION_TIMEOUT
+})
+# The rows' data: a value that does not parse as its column's type, is out of its range, a malformed line; and
+# TOO_MANY_PARTITIONS, which a smaller part of the same rows avoids.
+REJECTED_CODES = frozenset({
+    6,  # CANNOT_PARSE_TEXT
+    7,  # INCORRECT_NUMBER_OF_COLUMNS
+    25,  # CANNOT_PARSE_ESCAPE_SEQUENCE
+    26,  # CANNOT_PARSE_QUOTED_STRING
+    27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,  # ATTEMPT_TO_READ_AFTER_EOF
+    33,  # CANNOT_READ_ALL_DATA
+    38,  # CANNOT_PARSE_DATE
+    41,  # CANNOT_PARSE_DATETIME
+    53,  # TYPE_MISMATCH
+    69,  # ARGUMENT_OUT_OF_BOUND
+    70,  # CANNOT_CONVERT_TYPE
+    72,  # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    120,  # CANNOT_INSERT_VALUE_OF_DIFFERENT_SIZE_INTO_TUPLE
+    128,  # TOO_LARGE_ARRAY_SIZE
+    130,  # CANNOT_READ_ARRAY_FROM_TEXT
+    131,  # TOO_LARGE_STRING_SIZE
+    190,  # SIZES_OF_ARRAYS_DONT_MATCH
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    376,  # CANNOT_PARSE_UUID
+    407,  # DECIMAL_OVERFLOW
+    441,  # CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING
+    467,  # CANNOT_PARSE_BOOL
+    469,  # VIOLATED_CONSTRAINT
+    546,  # NO_ROW_DELIMITER
+    563,  # CANNOT_READ_MAP_FROM_TEXT
+    565,  # TOO_MANY_PARTITIONS
+    632,  # UNEXPECTED_DATA_AFTER_PARSED_VALUE
+    675,  # CANNOT_PARSE_IPV4
+    676,  # CANNOT_PARSE_IPV6
+    691,  # UNKNOWN_ELEMENT_OF_ENUM
+})
+_CODE = re.compile(r"\bCode:\s*(\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    """ClickHouse's error code of a failure from clickhouse-connect (server or embedded), else None."""
+    if not isinstance(exc, ClickHouseError):
+        return None
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    m = _CODE.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def classify(exc: BaseException) -> Failure:
+    """What a failed insert says about its rows. A code decides first (a server's answer after a retried request
+    comes as an OperationalError too); without one, a failure to reach ClickHouse (clickhouse-connect's
+    OperationalError: connection refused, reset, timed out; an OSError of our own side, e.g. the scratch file of
+    an embedded insert) is transient; anything else is unknown."""
+    code = error_code(exc)
+    if code in REJECTED_CODES:
+        return Failure.rejected
+    if code in TRANSIENT_CODES:
+        return Failure.transient
+    if code is None and isinstance(exc, OperationalError | OSError | MemoryError):
+        return Failure.transient
+    return Failure.unknown
 
 
 @contextlib.contextmanager

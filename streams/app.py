@@ -32,6 +32,7 @@ from streams.collector import Collector, mount_on_faust
 from streams.ingest import Ingest
 from streams.kafka import batch_producer, faust_broker_url
 from streams.persons import PersonStage
+from streams.sink_writer import SinkWriter, rejected_bad_row
 from streams.state import TableState
 
 log = logging.getLogger("cdp.app")
@@ -260,23 +261,36 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
 
     @app.agent(feedback_topic, name="feedback")
     async def feedback(stream: faust.StreamT) -> None:
-        # Senders' reports are few next to events: batches of up to 500 or 1 s, one insert each.
+        # Senders' reports are few next to events: batches of up to 500 or 1 s, one insert each. Faust acknowledges
+        # a batch's events when the next is asked for, so its insert and bad rows are done (acknowledged) first;
+        # the insert as the person stage's (SinkWriter: outages waited out, refused rows dead-lettered).
+        writer = SinkWriter(sink) if sink is not None else None
         async for events in stream.take_events(500, within=1.0):
-            lines = []
+            lines, where = [], []
+            bad: list[tuple[bytes | None, BadRow]] = []
             for ev in events:
                 out = feedback_row(ev.value, int(ev.message.timestamp * 1000))
+                source = {"topic": ev.message.topic, "partition": ev.message.partition, "offset": ev.message.offset}
                 if isinstance(out, bytes):
                     lines.append(out)
+                    where.append((ev.key, source))
                 else:
-                    out.source = {"topic": ev.message.topic, "partition": ev.message.partition,
-                                  "offset": ev.message.offset}
-                    metrics.bad_rows.labels(out.stage.value, out.reason).inc()
-                    await send_bad_row(ev.key, out)
-            if lines and sink is not None:
+                    out.source = source
+                    bad.append((ev.key, out))
+            if lines and writer is not None:
                 first = events[0].message
                 token = f"{first.topic}:{first.partition}:{first.offset}:{len(events)}"
-                await asyncio.get_running_loop().run_in_executor(
-                    None, sink.insert_json, "action_feedback", lines, FEEDBACK_COLUMNS, token)
+                now_ms = int(time.time() * 1000)
+                for r in await writer.insert("action_feedback", lines, FEEDBACK_COLUMNS, token):
+                    key, source = where[r.index]
+                    bad.append(rejected_bad_row(r, "action_feedback", now_ms, key, **source))
+            # The stage's sender (tests replace it there).
+            send = stage.send_bad_row or send_bad_row
+            acks = [await send(key, row) for key, row in bad]
+            for ack in acks:
+                await ack
+            for _, row in bad:
+                metrics.bad_rows.labels(row.stage.value, row.reason).inc()
     return stage, persons
 
 

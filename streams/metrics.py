@@ -38,3 +38,7 @@ ingest_stalled_partitions = Gauge("cdp_ingest_stalled_partitions",
 ingest_failing = Gauge("cdp_ingest_failing",
                        "1 while the ingest's Kafka requests keep failing (retried from the last commit), else 0",
                        registry=REGISTRY)
+sink_retries = Counter("cdp_sink_retries_total",
+                       "ClickHouse inserts tried again, by table and the failure's kind (transient, unknown: the same "
+                       "insert after a wait; rejected: halved, to find the rows refused)", ["table", "kind"],
+                       registry=REGISTRY)

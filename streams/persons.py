@@ -14,7 +14,6 @@ written with a later batch's, at a checkpoint (``PersonStage.take``), and its en
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,6 +35,7 @@ from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
 from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS, ClickHouseSink
 from streams import metrics
+from streams.sink_writer import SinkWriter, rejected_bad_row, row_value
 
 log = logging.getLogger("cdp.persons")
 
@@ -152,6 +152,7 @@ class PersonStage:
         # ClickHouse calls block; they run on threads so the event loop keeps Kafka heartbeats going, and several
         # partitions' inserts can run at once (the engine releases Python's lock while it works).
         self._sink_thread = ThreadPoolExecutor(max_workers=insert_threads, thread_name_prefix="cdp-sink")
+        self.writer = SinkWriter(sink, self._sink_thread) if sink is not None else None
 
     def on_rebalance(self, assigned: set[int] | None = None) -> None:
         """Partitions moved: rebuild the timer queue from the state of the partitions now held, and forget the
@@ -200,7 +201,7 @@ class PersonStage:
         if batch is None:
             return None
         merged = merge_effects(batch, self.topic)
-        persons, handles, rows = self._uncheckpointed.pop(partition, None) or ({}, [], 0)
+        persons, handles, rows = self._uncheckpointed.pop(partition, ({}, [], 0))
         persons.update(merged.persons)
         handles.extend(h for _, h in batch.items)
         rows += batch.entries
@@ -265,8 +266,8 @@ class PersonStage:
         bad_rows: list[KeyedBadRow] = []
         fold = fold_entries(env.entries, lambda pk: self._state(states, partition, pk), self.rules,
                             self.dedupe_window_ms)
-        for pk, entries, exc in fold.failed:
-            bad_rows += self._unprocessable(pk, entries, exc, partition, offset, now_ms)
+        for pk, entries, err in fold.failed:
+            bad_rows += self._unprocessable(pk, entries, err, partition, offset, now_ms)
         if fold.dropped:
             self._count_dropped(fold.dropped)
         for pk, due in fold.deadlines:
@@ -326,13 +327,16 @@ class PersonStage:
         batch order within a partition; batches of different partitions may be carried out at the same time (they
         share no person)."""
         t0 = time.perf_counter()
-        if self.sink is not None and (fx.event_lines or fx.actions):
-            lines = [action_row(a) for _, _, a in fx.actions]
-            await self._insert_until_done(fx.token, fx.event_lines, lines)
+        sunk = len(fx.event_lines)
+        if self.writer is not None and (fx.event_lines or fx.actions):
+            refused = await self._insert(fx)
+            sunk -= sum(1 for _, row in refused if row.source["table"] == "events")
+            # Rows ClickHouse refused are effects of the batch like its other bad rows.
+            fx.bad_rows = [*fx.bad_rows, *refused]
             if fx.event_lines:
                 self.stats.last_sunk_at = time.time()
-        self.stats.events_sunk += len(fx.event_lines)
-        metrics.events_sunk.inc(len(fx.event_lines))
+        self.stats.events_sunk += sunk
+        metrics.events_sunk.inc(sunk)
         # Actions and bad rows sent together, all acknowledged before the state is written and the batch's
         # envelopes are (at-least-once). Without a sender (tools, tests) bad rows are only logged and counted.
         acks = [await self.send_action(ch, oneid.encode(), orjson.dumps(a)) for ch, oneid, a in fx.actions]
@@ -372,29 +376,26 @@ class PersonStage:
             for pk in evict:
                 del cache[pk]
 
-    async def _insert_until_done(self, token: str, event_lines: list[bytes], action_lines: list[bytes]) -> None:
-        """Back-pressure: while ClickHouse fails, retry (same token, so no duplicates) and read nothing new."""
-        delay = 0.2
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await loop.run_in_executor(self._sink_thread, self._insert, token, event_lines, action_lines)
-                return
-            except Exception as exc:  # any failure: retry with the same token
-                log.warning("ClickHouse insert failed, retrying in %.1fs: %r", delay, exc)
-                metrics.dropped.labels("sink_retry").inc()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    def _insert(self, token: str, event_lines: list[bytes], action_lines: list[bytes]) -> None:
-        assert self.sink is not None
-        with metrics.sink_seconds.labels("events").time():
-            # A sink batch holds each messageId once per person (apply_events drops the duplicates), so no two
-            # rows share the events table's sorting key (oneid, ts, message_id).
-            self.sink.insert_json("events", event_lines, EVENT_COLUMNS, token=f"{token}:events",
-                                  unique_keys=True, compact=True)
-        with metrics.sink_seconds.labels("actions").time():
-            self.sink.insert_json("actions", action_lines, ACTION_COLUMNS, token=f"{token}:actions")
+    async def _insert(self, fx: Effects) -> list[KeyedBadRow]:
+        """The batch's event and action rows into ClickHouse (``SinkWriter``: a transient failure is waited out,
+        holding the partition; the rows ClickHouse refuses come back as bad rows, keyed by their OneID)."""
+        assert self.writer is not None
+        now_ms = int(time.time() * 1000)
+        out: list[KeyedBadRow] = []
+        # A sink batch holds each messageId once per person (apply_events drops the duplicates), so no two rows
+        # share the events table's sorting key (oneid, ts, message_id).
+        for r in await self.writer.insert("events", fx.event_lines, EVENT_COLUMNS, f"{fx.token}:events",
+                                          unique_keys=True, compact=True):
+            oneid = row_value(r.line, EVENT_COLUMNS, "oneid")
+            partition, offset = (row_value(r.line, EVENT_COLUMNS, c) for c in ("raw_partition", "raw_offset"))
+            out.append(rejected_bad_row(r, "events", now_ms, oneid.encode() if isinstance(oneid, str) else None,
+                                        topic=self.raw_topic, partition=partition, offset=offset))
+        action_lines = [action_row(a) for _, _, a in fx.actions]
+        for r in await self.writer.insert("actions", action_lines, ACTION_COLUMNS, f"{fx.token}:actions"):
+            oneid = row_value(r.line, ACTION_COLUMNS, "oneid")
+            out.append(rejected_bad_row(r, "actions", now_ms, oneid.encode() if isinstance(oneid, str) else None,
+                                        action_id=row_value(r.line, ACTION_COLUMNS, "action_id")))
+        return out
 
     def _count_dropped(self, dropped: list) -> None:
         for d in dropped:

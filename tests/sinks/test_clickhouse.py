@@ -112,3 +112,90 @@ def test_an_engine_whose_file_function_cannot_read_the_rows_keeps_the_direct_ins
 
     monkeypatch.setattr(probe, "rows", refuse)
     assert probe._plain_input("events", EVENT_COLUMNS) is None and probe._file_reads is False
+
+
+# Failures, provoked for real: what clickhouse-connect (embedded and over HTTP) raises, and what classify makes of it.
+
+def _event_line(i: int, **change) -> bytes:
+    import orjson
+
+    cells = dict(zip(EVENT_COLUMNS, ["o_fail", f"fail-{i}", "track", "fail_probe", "", 1_790_000_000.0 + i,
+                                     1_790_000_000.0, {}, {}, 0, i, "", "", ""], strict=True))
+    cells.update(change)
+    return orjson.dumps(list(cells.values()))
+
+
+def _raised(fn):
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    raise AssertionError("no failure")
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    (b'["o_fail", "fail-x", "track"', 27),  # a malformed line: CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    (_event_line(1, raw_partition="three"), 27),  # a string in a UInt32 column
+    (_event_line(2, raw_partition=-1), 72),  # a negative number in an unsigned column: CANNOT_PARSE_NUMBER
+    (_event_line(3, ts="not a time"), 41),  # CANNOT_PARSE_DATETIME
+])
+@pytest.mark.parametrize("rows", [2, PLAIN_INPUT_MIN_ROWS])  # the direct insert, and the one through a file
+def test_rows_clickhouse_refuses_for_their_data_are_rejected_and_nothing_of_their_insert_goes_in(sink, line, code,
+                                                                                                rows):
+    from sinks.clickhouse import Failure, classify, error_code
+
+    sink.migrate()
+    lines = [_event_line(i) for i in range(10, 10 + rows)]
+    exc = _raised(lambda: sink.insert_json("events", [*lines, line], EVENT_COLUMNS, token=f"fail:{code}:{rows}",
+                                           compact=True))
+    assert (classify(exc), error_code(exc)) == (Failure.rejected, code)
+    assert sink.rows("SELECT count() FROM cdp.events WHERE oneid = 'o_fail'") == [(0,)]
+
+
+def test_a_missing_table_or_column_is_transient_not_the_rows_fault(sink):
+    from sinks.clickhouse import ACTION_COLUMNS, Failure, classify, error_code
+
+    sink.migrate()
+    no_table = _raised(lambda: sink.insert_json("no_such_table", [_event_line(0)], EVENT_COLUMNS, compact=True))
+    no_column = _raised(lambda: sink.insert_json("actions", [b'{"nope": 1}'], [*ACTION_COLUMNS[:-1], "nope"]))
+    assert [(classify(e), error_code(e)) for e in (no_table, no_column)] == [(Failure.transient, 60),
+                                                                           (Failure.transient, 16)]
+
+
+def test_a_server_that_refuses_connections_is_transient():
+    import socket
+
+    import clickhouse_connect
+
+    from sinks.clickhouse import Failure, classify
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nobody listens there
+    exc = _raised(lambda: clickhouse_connect.get_client(host="127.0.0.1", port=port, connect_timeout=2))
+    assert type(exc).__name__ == "OperationalError" and classify(exc) is Failure.transient
+    assert classify(ConnectionRefusedError()) is classify(TimeoutError()) is Failure.transient
+
+
+def test_anything_else_is_unknown(sink):
+    from sinks.clickhouse import Failure, classify, make_client
+
+    closed = make_client(sink.url)
+    closed.close()
+    exc = _raised(lambda: closed.raw_insert("cdp.events", EVENT_COLUMNS, insert_block=_event_line(0),
+                                            fmt="JSONCompactEachRow"))
+    assert type(exc).__name__ == "ProgrammingError" and classify(exc) is Failure.unknown
+    assert classify(RuntimeError("a bug")) is Failure.unknown
+
+
+def test_the_error_codes_are_the_ones_their_names_say(sink):
+    """Each code of the two sets is the one the engine gives the name written beside it."""
+    import inspect
+    import re
+
+    import sinks.clickhouse as ch
+
+    written = dict((int(c), n) for c, n in re.findall(r"^    (\d+),  # ([A-Z0-9_]+)$", inspect.getsource(ch), re.M))
+    assert set(written) == ch.TRANSIENT_CODES | ch.REJECTED_CODES and not ch.TRANSIENT_CODES & ch.REJECTED_CODES
+    codes = ", ".join(map(str, sorted(written)))
+    assert dict(sink.rows(f"SELECT c, errorCodeToName(c) FROM (SELECT arrayJoin([{codes}]) AS c)")) == written

@@ -11,6 +11,7 @@ import pytest
 from config.settings import Settings
 from core.envelope import encode_entry, encode_envelopes
 from sinks.clickhouse import ClickHouseSink
+from streams import metrics
 from streams.app import build_pipeline
 
 T0 = 1_790_000_000_000
@@ -59,6 +60,8 @@ async def test_an_outage_loses_nothing_and_duplicates_nothing(tmp_path, chdb_sin
     p = build_pipeline(s, sink=flaky, with_ingest=False, store="memory://")  # type: ignore[arg-type]
     p.app.finalize()
     p.app.flow_control.resume()
+    retried = metrics.sink_retries.labels("events", "transient")
+    before = retried._value.get()
     async with p.persons_agent.test_context() as agent:
         # Four envelopes of 10 events, none flushing: batches close at 25 events (3 envelopes), the 4th flushes.
         for b in range(3):
@@ -73,6 +76,8 @@ async def test_an_outage_loses_nothing_and_duplicates_nothing(tmp_path, chdb_sin
             await asyncio.sleep(0.02)
     assert p.stage.stats.envelopes == 4 and p.stage.stats.events_sunk == 40
     assert flaky.calls >= 3 + 1 + 2  # the failures were really retried
+    # Counted as retries (not as anything dropped), and none of the rows was taken for a refused one.
+    assert retried._value.get() - before == 3 + 1 and p.stage.stats.bad_rows == 0
     where = f"message_id LIKE '{PREFIX}%'"
     assert chdb_sink.rows(f"SELECT count(), uniqExact(message_id) FROM cdp.events WHERE {where}") == [(40, 40)]
     # The daily aggregate saw each event once too: the retried insert was skipped by its token.
