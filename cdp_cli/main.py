@@ -109,12 +109,16 @@ def cmd_sql(args: argparse.Namespace) -> int:
     fmt = {"tsv": "TabSeparatedWithNames", "json": "JSONEachRow", "pretty": "PrettyCompactMonoBlock",
            "vertical": "Vertical"}[args.format]
     try:
-        out = query(Settings(), args.query, fmt)
+        out = query(Settings(), args.query, fmt, on_wait=_tell)
     except Exception as exc:  # a failed query is reported, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     sys.stdout.buffer.write(out)
     return 0
+
+
+def _tell(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def cmd_funnel(args: argparse.Namespace) -> int:
@@ -212,16 +216,16 @@ def cmd_roi(args: argparse.Namespace) -> int:
 
 
 def cmd_costs_load(args: argparse.Namespace) -> int:
-    from analytics.insights import costs_insert_sql, read_costs_csv
-    from ops.worker import query
+    from analytics.insights import read_costs_csv
+    from ops.worker import load_costs
 
     try:
         rows = read_costs_csv(args.file)
-    except (OSError, ValueError) as exc:
+        if rows:
+            load_costs(Settings(), rows, on_wait=_tell)
+    except Exception as exc:  # a bad file or a refused load is reported, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if rows:
-        query(Settings(), costs_insert_sql(rows), "")  # an INSERT: no output format
     totals: dict[str, float] = {}
     for r in rows:
         totals[r["currency"]] = totals.get(r["currency"], 0.0) + r["cost"]
@@ -413,8 +417,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     s = Settings()
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
     try:
-        data = gather(lambda sql: query(s, sql, "JSONEachRow"), steps, args.window, args.period, args.periods,
-                      *_range(args), args.where, merge_aware=not args.no_merge, actions_where=args.actions_where)
+        data = gather(lambda sql: query(s, sql, "JSONEachRow", on_wait=_tell), steps, args.window, args.period,
+                      args.periods, *_range(args), args.where, merge_aware=not args.no_merge,
+                      actions_where=args.actions_where)
     except Exception as exc:  # a failed query is reported, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ import queue
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -214,12 +215,79 @@ def chdb_path(url: str) -> Path | None:
     return Path(url[len("chdb://"):]).expanduser().resolve()
 
 
-def make_client(url: str) -> Client:
+# How long opening an embedded path waits for another process to release it: a `cdp sql` or `cdp migrate` holds
+# it for a second or two, and a worker starting then would otherwise fail.
+CHDB_OPEN_WAIT_S = 15.0
+
+
+def chdb_holder(path: Path) -> tuple[int, str] | None:
+    """The other live process holding the embedded engine at ``path`` (pid, command line), if any: the engine
+    writes its pid into ``status`` and keeps that file locked while it runs."""
+    try:
+        text = (path / "status").read_text(errors="replace")
+        pid = int(text.split("PID:", 1)[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # a stale file: the process is gone, so is its lock
+    except PermissionError:
+        pass  # another user's live process
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = ""
+    return pid, cmd or "?"
+
+
+def make_client(url: str, open_wait_s: float = CHDB_OPEN_WAIT_S) -> Client:
     path = chdb_path(url)
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
+        _wait_for_release(path, open_wait_s)
         return clickhouse_connect.get_client(interface="chdb", path=str(path))
     return clickhouse_connect.get_client(dsn=url)
+
+
+def _wait_for_release(path: Path, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    holder = chdb_holder(path)
+    if holder is not None:
+        log.info("waiting up to %.0fs for pid %d (%s) to release %s", wait_s, holder[0], holder[1], path)
+    while holder is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        holder = chdb_holder(path)
+
+
+def error_line(exc: BaseException) -> str:
+    """ClickHouse's message of a failed statement, its first line (``Code: N. DB::Exception: ...``): neither the
+    client's transport prefix nor the server's stack trace."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Code:" in ln:
+            return ln[ln.index("Code:"):]
+    return lines[0] if lines else type(exc).__name__
+
+
+class QueryRefused(Exception):
+    """A statement the read-only path does not run (not a read, or one writing to a file)."""
+
+
+_EXPLAIN = "EXPLAIN AST "
+
+
+def _unprefixed(message: str) -> str:
+    """A parse error of ``EXPLAIN AST <sql>`` with its positions counted in ``<sql>``."""
+    n = len(_EXPLAIN)
+    message = re.sub(r"position (\d+)", lambda m: f"position {max(int(m[1]) - n, 1)}", message)
+    return re.sub(r"\(line 1, col (\d+)\)", lambda m: f"(line 1, col {max(int(m[1]) - n, 1)})", message)
+
+
+# Statements an analyst's read-only query may be (the root of ClickHouse's parse tree, EXPLAIN AST).
+_READ_STATEMENTS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery", "Show", "Describe", "Explain", "Exists")
 
 
 class ClickHouseSink:
@@ -236,6 +304,11 @@ class ClickHouseSink:
         # (table, columns) -> the structure an embedded insert reads them as (``_plain_input``); None: as they are
         self._structures: dict[tuple[str, tuple[str, ...]], str | None] = {}
         self._file_reads: bool | None = None
+        # Analysts' queries (`cdp sql`, /admin/sql) run on a client of their own with readonly=2, made at the first
+        # such query: set per call, the embedded client could not restore readonly=0 afterwards (readonly
+        # forbids changing readonly), and the worker's own statements would be refused from then on.
+        self._reader: Client | None = None
+        self._reader_lock = threading.Lock()
         for _ in range(insert_clients):
             self._inserters.put(make_client(url))
 
@@ -354,6 +427,34 @@ class ClickHouseSink:
         with self._lock:
             return self.client.raw_query(sql, fmt=fmt, parameters=parameters)
 
+    def read_query(self, sql: str, fmt: str = "TabSeparatedWithNames",
+                   parameters: dict[str, Any] | None = None) -> bytes:
+        """An analyst's query, read-only: ClickHouse's ``readonly=2`` (reads, and settings other than readonly)
+        refuses every write, and the statement must parse as a read (SELECT, SHOW, DESCRIBE, EXPLAIN, EXISTS)
+        with no INTO OUTFILE, since the embedded engine, like clickhouse-local, writes INTO OUTFILE and INSERT INTO
+        FUNCTION file(...) and runs KILL QUERY under readonly. Raises QueryRefused, or the client's error."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = make_client(self.url)
+                self._reader.set_client_setting("readonly", "2")
+            try:
+                tree = self._reader.raw_query(_EXPLAIN + sql, fmt="TabSeparatedRaw", parameters=parameters)
+            except Exception as exc:  # the statement does not parse: its error, placed in the analyst's text
+                raise QueryRefused(_unprefixed(error_line(exc))) from None
+            top = tree.decode(errors="replace").splitlines()
+            if not top or not top[0].startswith(_READ_STATEMENTS):
+                kind = top[0].split(" ", 1)[0] if top else "empty"
+                raise QueryRefused(f"read-only: {kind} is not a read (SELECT, SHOW, DESCRIBE, EXPLAIN, EXISTS)")
+            # A direct child literal of the statement is its INTO OUTFILE name.
+            if any(ln.startswith(" Literal") for ln in top[1:]):
+                raise QueryRefused("read-only: INTO OUTFILE writes a file")
+            return self._reader.raw_query(sql, fmt=fmt, parameters=parameters)
+
+    def has_schema(self) -> bool:
+        """Whether the migrations ever ran here (``cdp worker`` and ``cdp migrate`` run them; queries never do)."""
+        return self.rows("SELECT count() FROM system.tables WHERE database = {db:String} "
+                         "AND name = 'schema_migrations'", {"db": DATABASE}) == [(1,)]
+
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
             return self.client.query(sql, parameters=parameters).result_rows
@@ -366,3 +467,6 @@ class ClickHouseSink:
                 except queue.Empty:
                     break
             self.client.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()

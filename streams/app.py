@@ -8,7 +8,6 @@ Data path (docs/architecture.md):
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import secrets
@@ -17,7 +16,7 @@ from typing import Any
 
 import faust
 import orjson
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 from prometheus_client import generate_latest
 
 import core
@@ -28,6 +27,7 @@ from schemas.actions import Channel
 from schemas.bad_rows import BadRow
 from sinks.clickhouse import FEEDBACK_COLUMNS, ClickHouseSink
 from streams import metrics
+from streams.admin import start_admin
 from streams.collector import Collector, mount_on_faust
 from streams.ingest import Ingest
 from streams.kafka import batch_producer, faust_broker_url
@@ -113,10 +113,20 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
         # The HTTP collector rides with ingest: both are the way in, and neither needs ClickHouse or state.
         mount_on_faust(app, Collector(settings))
 
+    admin: list[Any] = []  # the admin site's runner, once it serves
+
     @app.task
     async def _announce() -> None:
         if not with_persons:
             return  # the file tells `cdp sql` where the ClickHouse holder is: only a person-stage worker has it
+        # The admin endpoints (`cdp sql`, `cdp costs load`) are a site of their own, off the collector's port.
+        try:
+            runner, admin_url = await start_admin(settings, pipeline.sink, pipeline.admin_token)
+        except OSError as exc:
+            log.error("admin endpoints not served on %s:%s (%s): `cdp sql` cannot reach this worker",
+                      settings.admin_host, settings.admin_port, exc)
+            runner, admin_url = None, None
+        admin.append(runner)
         # `cdp sql` and `cdp replay` find a running worker through this file (0600: it holds the admin token).
         path = settings.worker_file
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +134,8 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps({"pid": os.getpid(), "url": f"http://{settings.web_host}:{settings.web_port}",
-                                  "token": pipeline.admin_token, "clickhouse": settings.clickhouse_url}))
+                                  "admin_url": admin_url, "token": pipeline.admin_token,
+                                  "clickhouse": settings.clickhouse_url}))
         os.replace(tmp, path)
 
     @app.page("/healthz")
@@ -135,31 +146,15 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
     async def metrics_page(web: Any, request: Request) -> Response:
         return web.bytes(generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4")
 
-    @app.page("/admin/sql")
-    class SQLView(View):
-        """Read-only access to the worker's ClickHouse for `cdp sql` (embedded chDB allows one process)."""
-
-        async def post(self, request: Request) -> Response:
-            token = request.headers.get("X-CDP-Admin-Token", "")
-            if not hmac.compare_digest(token, pipeline.admin_token):
-                return self.json({"error": "forbidden"}, status=403)
-            if pipeline.sink is None:
-                return self.json({"error": "no ClickHouse sink in this worker"}, status=503)
-            body = orjson.loads(await request.read())
-            try:
-                out = await asyncio.get_running_loop().run_in_executor(
-                    None, pipeline.sink.query, body["query"], body.get("format", "TabSeparatedWithNames"),
-                    body.get("parameters"))
-            except Exception as exc:  # a query error goes back to the caller
-                return self.json({"error": str(exc)}, status=400)
-            return self.bytes(out, content_type="text/plain")
-
     @app.on_before_shutdown.connect
     async def _cleanup(sender: Any, **kwargs: Any) -> None:
         try:
             settings.worker_file.unlink()
         except FileNotFoundError:
             pass
+        for runner in admin:
+            if runner is not None:
+                await runner.cleanup()
 
     return pipeline
 

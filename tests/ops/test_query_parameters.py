@@ -24,6 +24,7 @@ def test_a_bound_value_is_never_sql(chdb_sink):
 def test_ops_query_binds_parameters_on_the_embedded_clickhouse(chdb_sink, tmp_path):
     # No worker announced for this deployment: `query` opens the path itself (chDB takes any number of
     # connections to the one path of its process).
+    chdb_sink.migrate()  # queries never migrate: the schema is the worker's or `cdp migrate`'s
     s = Settings(clickhouse_url=chdb_sink.url, data_dir=tmp_path, topic_prefix="paramtest")
     out = worker.query(s, "SELECT {a:String} AS a, {b:Array(String)} AS b", "JSONEachRow", {"a": "x'", "b": ["y"]})
     assert orjson.loads(out) == {"a": "x'", "b": ["y"]}
