@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import InvalidReplicationFactorError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
 from config.settings import Settings
 from schemas.actions import Channel
@@ -69,8 +69,8 @@ class TopicSetupError(RuntimeError):
 
 async def ensure_topics(s: Settings, names: list[str] | None = None, leader_timeout_s: float = 30.0) -> None:
     """Create the topics with ``CDP_PARTITIONS`` partitions and ``CDP_REPLICATION_FACTOR`` replicas if they do not
-    exist yet (idempotent), and return once every partition of those created has a leader: a producer that sends
-    to a partition before it has one gets ``NotLeaderForPartitionError`` and retries, noisily.
+    exist yet (idempotent), and return once every partition of those created is served by its leader: a producer
+    that sends to a partition before that gets ``NotLeaderForPartitionError`` and retries, noisily.
 
     Raises ``TopicSetupError`` saying which topic and why when the cluster refuses (a replication factor above
     its number of brokers is refused at once), or when leaders are not elected within ``leader_timeout_s``."""
@@ -85,7 +85,7 @@ async def ensure_topics(s: Settings, names: list[str] | None = None, leader_time
                    if e[1] not in (0, TopicAlreadyExistsError.errno)]  # already there: another worker won the race
         if refused:
             raise TopicSetupError(_refusal(s, refused))
-        await _wait_for_leaders(admin, todo, leader_timeout_s)
+        await _wait_for_leaders(s, admin, todo, leader_timeout_s)
 
 
 def _refusal(s: Settings, refused: list[tuple[str, int, str | None]]) -> str:
@@ -108,17 +108,33 @@ def _leaderless(described: list[dict[str, Any]], names: list[str]) -> list[str]:
     return [n for n in names if n not in ready]
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+async def _wait_for_leaders(s: Settings, admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     waiting = names
+    described: dict[str, list[int]] = {}
     while True:
-        waiting = _leaderless(await admin.describe_topics(waiting), waiting)
+        got = await admin.describe_topics(waiting)
+        waiting = _leaderless(got, waiting)
+        described.update({t["topic"]: [p["partition"] for p in t["partitions"]] for t in got})
         if not waiting:
-            return
+            break
         if time.monotonic() > deadline:
             raise TopicSetupError(f"partitions of {', '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''} "
                                   f"have no leader {timeout_s:g} s after the topics were created")
         await asyncio.sleep(0.05)
+    # The metadata names a leader a moment before that broker serves the partition (KRaft brokers publish the
+    # new metadata before their replica manager opens the log), and a produce in between is answered
+    # NOT_LEADER_OR_FOLLOWER. An offsets request goes the same way at the leader; aiokafka retries it quietly.
+    left_ms = max(1000, int((deadline - time.monotonic()) * 1000))
+    c = AIOKafkaConsumer(**client_kwargs(s), request_timeout_ms=left_ms)
+    await c.start()
+    try:
+        await c.end_offsets([TopicPartition(n, p) for n in names for p in described[n]])
+    except KafkaTimeoutError:
+        raise TopicSetupError(f"partitions of {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} are not "
+                              f"served by their leaders {timeout_s:g} s after the topics were created") from None
+    finally:
+        await c.stop()
 
 
 async def delete_topics(s: Settings, prefix: str) -> int:

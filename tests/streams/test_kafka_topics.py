@@ -4,6 +4,7 @@ the cluster cannot meet fails at once with a plain message, and created topics h
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -60,8 +61,9 @@ async def _replicas(s: Settings, names: list[str]) -> dict[str, list[int]]:
 
 
 @pytest.mark.integration
-async def test_topics_are_created_with_the_setting_and_led_before_ensure_topics_returns(settings):
+async def test_topics_are_created_with_the_setting_and_led_before_ensure_topics_returns(settings, caplog):
     s = settings
+    caplog.set_level(logging.WARNING, logger="aiokafka")
     await ensure_topics(s)
     names = pipeline_topics(s)
     async with admin_client(s) as admin:
@@ -79,6 +81,8 @@ async def test_topics_are_created_with_the_setting_and_led_before_ensure_topics_
     finally:
         await producer.stop()
     assert [m.offset for m in sent] == [0, 0, 0]
+    # (Without waiting for the leaders to serve them, aiokafka logs "NotLeaderForPartitionError, retrying".)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == []
     await ensure_topics(s)  # idempotent: existing topics are left as they are
 
 
