@@ -5,7 +5,9 @@ replay forms the same batches). Order of effects per batch, for at-least-once wi
 actions into ClickHouse (deduplicating insert token = topic/partition/offset range), (2) actions to their topics
 (acknowledged), (3) person state into the table. Faust commits the envelopes' offsets only after this returns. A
 crash anywhere replays the batch; ClickHouse skips an insert whose token it has seen, state that was already
-written makes the replay drop the duplicates, and action ids make a re-sent action the same action.
+written makes the replay drop the duplicates, and action ids make a re-sent action the same action. ClickHouse's
+failures are ``streams.sink_writer``'s: an outage holds the partition until it ends; the rows ClickHouse refuses
+become bad rows of the batch, sent and acknowledged with its others, and the rest of the batch lands.
 
 Each partition's batches are carried out in order by their own task; different partitions' batches at the same
 time. While a partition's earlier batches are still being carried out (the stage is behind), a batch's states are
