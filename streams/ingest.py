@@ -243,7 +243,10 @@ class Ingest:
         assert self.consumer is not None
         faults, self._raw.faults = self._raw.faults, {}
         now = time.monotonic()
+        held = self.consumer.assignment()
         for tp, (offset, exc) in faults.items():
+            if tp not in held:
+                continue  # given away since the fetch: its new owner meets the batch and reports it
             kind = _unreadable_kind(exc)
             metrics.ingest_failures.labels(kind).inc()
             st = self._stalls.get(tp)
