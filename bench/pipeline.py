@@ -8,6 +8,7 @@ row inserted into ClickHouse, as the worker itself clocks them; the run checks e
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import subprocess
@@ -145,7 +146,8 @@ def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: s
             "CDP_LOG_LEVEL": "WARNING"}
     persons_env = {**base, "CDP_DATA_DIR": str(tmp / prefix / "persons"), "CDP_WEB_PORT": str(port),
                    "CDP_ROLES": "persons" if split else "ingest,persons"}
-    s = Settings(**{k[4:].lower(): v for k, v in persons_env.items() if k != "CDP_LOG_LEVEL"})
+    fields: dict[str, Any] = {k[4:].lower(): v for k, v in persons_env.items() if k != "CDP_LOG_LEVEL"}
+    s = Settings(**fields)
     asyncio.run(publish_lines(s, lines))
     workers = [WorkerProcess(env=persons_env, log_path=tmp / f"{prefix}-persons.log")]
     if split:
@@ -193,9 +195,11 @@ def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: s
             "raw_topic": s.raw_topic, "settings": s, "cpu_us_per_event": cpu_us}
 
 
-async def _post_batches(url: str, lines: list[bytes], batch: int, concurrency: int) -> None:
+async def _post_batches(url: str, lines: list[bytes], batch: int, concurrency: int, write_key: str) -> None:
     import aiohttp
 
+    # Basic auth with the write key as the user and no password, as Segment's SDKs send it.
+    auth = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
     bodies = [b'{"batch":[' + b",".join(lines[i:i + batch]) + b"]}" for i in range(0, len(lines), batch)]
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for b in bodies:
@@ -205,7 +209,7 @@ async def _post_batches(url: str, lines: list[bytes], batch: int, concurrency: i
             while not queue.empty():
                 body = queue.get_nowait()
                 async with http.post(url + "/v1/batch", data=body,
-                                     headers={"Content-Type": "application/json"}) as r:
+                                     headers={"Content-Type": "application/json", "Authorization": auth}) as r:
                     if r.status != 200:
                         raise RuntimeError(f"collector answered {r.status}: {await r.text()}")
         await asyncio.gather(*(client() for _ in range(concurrency)))
@@ -220,15 +224,19 @@ def collector_rates(lines: list[bytes], tmp: Path, port: int, run: str) -> dict[
     t0 = time.perf_counter()
     asyncio.run(publish_lines(s, lines))
     produce_eps = len(lines) / (time.perf_counter() - t0)
-    env = {**os.environ, "CDP_TOPIC_PREFIX": prefix + "c", "CDP_WEB_PORT": str(port), "CDP_DATA_DIR": str(tmp)}
+    # A collector of its own with a key of its own, whatever CDP_WRITE_KEYS holds (the key check is part of the
+    # cost measured).
+    write_key = f"bench-{uuid.uuid4().hex}"
+    env = {**os.environ, "CDP_TOPIC_PREFIX": prefix + "c", "CDP_WEB_PORT": str(port), "CDP_DATA_DIR": str(tmp),
+           "CDP_WRITE_KEYS": write_key}
     proc = subprocess.Popen([sys.executable, "-m", "cdp_cli.main", "collector"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/healthz")
-        asyncio.run(_post_batches(url, lines[:1000], 100, 8))  # warm-up: connections, producer, metadata
+        asyncio.run(_post_batches(url, lines[:1000], 100, 8, write_key))  # warm-up: connections, producer, metadata
         t0 = time.perf_counter()
-        asyncio.run(_post_batches(url, lines, 100, 8))
+        asyncio.run(_post_batches(url, lines, 100, 8, write_key))
         collector_eps = len(lines) / (time.perf_counter() - t0)
     finally:
         proc.terminate()
