@@ -402,10 +402,12 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         print(f"{r.skipped} rows could not be read ({places}{more}): {'; '.join(whys)}")
     if r.records:
         print(f"{r.records} rows record what failed and are not events: left on {s.dlq_topic}")
+    if r.error and r.stopped_at is None:
+        print(f"error: the replay could not start: {r.error}", file=sys.stderr)
+        return 1
     if r.error:
-        where = f" at {r.stopped_at}" if r.stopped_at else " before reading any row"
-        print(f"error: the replay stopped{where} after replaying {r.replayed} rows ({r.error}); rows before that"
-              " place are replayed, and replaying again duplicates nothing", file=sys.stderr)
+        print(f"error: the replay stopped at {r.stopped_at} after replaying {r.replayed} rows ({r.error}); the rows"
+              " before that place are replayed, and replaying again duplicates nothing", file=sys.stderr)
         return 1
     return 0
 

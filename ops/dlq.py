@@ -110,7 +110,8 @@ async def dlq_replay(s: Settings, since: datetime | None = None, reason: str | N
                 res.result.replayed += len(futures)
                 res.at = None
     except (KafkaError, OSError, TimeoutError) as exc:  # the broker, or the way to it
-        res.result.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        text, kind = str(exc), type(exc).__name__
+        res.result.error = text if kind in text else f"{kind}: {text}" if text else kind
         res.result.stopped_at = res.at or _first_unread(pos)
     finally:
         await producer.stop()
