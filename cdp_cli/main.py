@@ -21,16 +21,27 @@ def _dt(text: str) -> datetime:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.kafka import TopicSetupError
     from streams.worker import run_worker
 
-    run_worker(Settings())
+    try:
+        run_worker(Settings())
+    except TopicSetupError as exc:  # Kafka refused the topics (e.g. CDP_REPLICATION_FACTOR above the brokers)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from sinks.clickhouse import ClickHouseSink, migrations
+    from sinks.clickhouse import ClickHouseSink, chdb_holder, chdb_path, migrations
 
     s = Settings()
+    path = chdb_path(s.clickhouse_url)
+    holder = chdb_holder(path) if path is not None else None
+    if holder is not None:  # a running worker migrates at its start: nothing to do while it holds the path
+        print(f"error: {s.clickhouse_url} is held by another process (pid {holder[0]}: {holder[1][:80]}); a worker "
+              "applies the migrations when it starts, or stop it and run `cdp migrate` again", file=sys.stderr)
+        return 1
     sink = ClickHouseSink(s.clickhouse_url)
     try:
         applied = sink.migrate()
