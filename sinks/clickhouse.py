@@ -320,7 +320,7 @@ class ClickHouseSink:
             self.client.command(
                 f"CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (version UInt32, name String, "
                 "checksum String, applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version")
-            done = dict(self.client.query(
+            done: dict[int, str] = dict(self.client.query(  # type: ignore[arg-type]
                 f"SELECT version, checksum FROM {DATABASE}.schema_migrations FINAL").result_rows)
             for m in migrations():
                 if m.version in done:
@@ -457,7 +457,7 @@ class ClickHouseSink:
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self.client.query(sql, parameters=parameters).result_rows
+            return [tuple(r) for r in self.client.query(sql, parameters=parameters).result_rows]
 
     def close(self) -> None:
         with self._lock:

@@ -146,7 +146,7 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
     async def metrics_page(web: Any, request: Request) -> Response:
         return web.bytes(generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4")
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's stubs admit no coroutine receiver
     async def _cleanup(sender: Any, **kwargs: Any) -> None:
         try:
             settings.worker_file.unlink()
@@ -192,7 +192,7 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
                         send_bad_row=send_bad_row, raw_topic=settings.raw_topic)
 
     @app.agent(person_topic, name="persons")
-    async def persons(stream: faust.StreamT) -> None:
+    async def persons(stream: Any) -> None:  # a faust.Stream (its stubs lack noack, take_events)
         # Pipelined: while sink batches' effects (ClickHouse insert, actions, state writes) are carried out, the
         # next envelopes are already processed. Each partition's batches are carried out strictly in order, by
         # that partition's own task (so one partition's insert does not wait for another's state writes), and an
@@ -246,7 +246,7 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
                 producer, state.producer = state.producer, None
                 await producer.stop()
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # as above
     async def _rebalanced(sender: Any, **kwargs: Any) -> None:
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == person_topic.get_topic_name()}
         stage.on_rebalance(assigned)
@@ -255,7 +255,7 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
                                value_serializer="raw")
 
     @app.agent(feedback_topic, name="feedback")
-    async def feedback(stream: faust.StreamT) -> None:
+    async def feedback(stream: Any) -> None:  # a faust.Stream
         # Senders' reports are few next to events: batches of up to 500 or 1 s, one insert each. Faust acknowledges
         # a batch's events when the next is asked for, so its insert and bad rows are done (acknowledged) first;
         # the insert as the person stage's (SinkWriter: outages waited out, refused rows dead-lettered).
