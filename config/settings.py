@@ -133,7 +133,3 @@ class Settings(BaseSettings):
     def worker_file(self) -> Path:
         """Written by a running worker so `cdp sql` can reach it (embedded ClickHouse allows one process)."""
         return self.data_dir / f"worker-{self.topic_prefix}.json"
-
-
-def load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]

@@ -9,8 +9,8 @@ nearly all that needs no person state; the messageId's digest is left to the per
 machine the ingest is the stage that sets the pace (docs/performance.md). The envelope is laid out so the person
 stage decodes only what it reads:
 
-    {"v":4,"src":...,"wm":...,"fl":true,"n":N}      header line
-    [[pk, ts, rcv, raw_partition, raw_offset, message_id, name, needs_body, flags], ...]   every meta
+    {"v":5,"src":...,"wm":...,"fl":true,"n":N}      header line
+    [[pk, ts, rcv, raw_partition, raw_offset, message_id, name, needs_body, flags, anonymous_id], ...]   every meta
     then per event:
     {...}                                             the validated event (decoded only when read), or an
                                                       empty line when the row says all the stage needs
@@ -21,7 +21,9 @@ The whole event travels only when it holds what the row does not: raw identifier
 keeps contacts from them), an alias call's previousId, or a flag about it (an untrusted timestamp, kept as the
 app sent it). For any other event the row has it all (type, name, properties, campaign), so ``Entry.event`` is
 rebuilt from the row: most events are then never encoded twice, nor carried twice, nor decoded in the person
-stage at all.
+stage at all. The one identifier such an event can hold besides the one its person key names is the anonymousId
+of an event naming its person by userId (any other identifier makes the body travel): the meta carries it, so the
+envelope keeps every identifier an event holds without encoding the body of every signed-in user's event.
 
 Lines are JSON as orjson writes it, which never contains a raw newline, so splitting on newlines is exact.
 """
@@ -40,9 +42,10 @@ from core import exact_json
 from core.clock import iso
 from core.rows import EVENT_ROW_COLUMNS, event_row_body
 
-# 4: metas without the messageId digest, which the person stage computes (3: with it, still read; 2: rows as
-# objects with named fields, still read: ``_rows_v2``; 1: one JSON document, still read).
-ENVELOPE_VERSION = 4
+# 5: metas with the anonymousId the person key does not name (4: without it, still read; 3: with the messageId
+# digest, which the person stage computes, still read; 2: rows as objects with named fields, still read:
+# ``_rows_v2``; 1: one JSON document, still read).
+ENVELOPE_VERSION = 5
 # Stay well under Kafka's default 1 MB message limit.
 MAX_ENVELOPE_BYTES = 700_000
 
@@ -67,17 +70,22 @@ def _meta_fields(ev: dict[str, Any]) -> tuple[str, str, bool]:
     return ev["message_id"], event_name(ev), bool(ev.get("identities") or ev.get("traits") or ev.get("previous_id"))
 
 
+def _second_id(ev: dict[str, Any]) -> str:
+    """The anonymousId of an event whose person key names its userId (``core.ids.person_key``), else ""."""
+    return (ev.get("anonymous_id") or "") if ev.get("user_id") else ""
+
+
 class Entry:
     """One validated event as it travels: person key, event time, receive time, where it came from, what the
     person stage reads without decoding the event (id, digest, name), the event itself (decoded on first read)
     and its ClickHouse row less the OneID (built on first read when the entry was made from a dict)."""
 
-    __slots__ = ("_body", "_event", "_row", "digest", "flags", "message_id", "name", "needs_body", "pk", "rcv",
-                 "src", "ts")
+    __slots__ = ("_body", "_event", "_row", "anonymous_id", "digest", "flags", "message_id", "name", "needs_body",
+                 "pk", "rcv", "src", "ts")
 
     def __init__(self, pk: str, ts: int, rcv: int, src: tuple[int, int], message_id: str, digest: str, name: str,
-                 needs_body: bool, flags: tuple[str, ...], event: dict[str, Any] | None, body: bytes | None,
-                 row: bytes | None):
+                 needs_body: bool, flags: tuple[str, ...], anonymous_id: str, event: dict[str, Any] | None,
+                 body: bytes | None, row: bytes | None):
         # Every field given: this runs for every event the person stage reads (``of_event`` builds one from a dict).
         self.pk = pk
         self.ts = ts
@@ -88,6 +96,8 @@ class Entry:
         self.name = name
         self.needs_body = needs_body
         self.flags = flags  # e.g. future_timestamp: the event's own time was not trusted
+        # The anonymousId of an event whose person key names its userId ("" if none): the row holds it masked only.
+        self.anonymous_id = anonymous_id
         self._event = event
         self._body = body
         self._row = row
@@ -97,7 +107,8 @@ class Entry:
                  flags: tuple[str, ...] = ()) -> Entry:
         """An entry made from a validated event's dict (tests, tools, first-layout envelopes)."""
         mid, name, needs_body = _meta_fields(event)
-        return Entry(pk, ts, rcv, src, mid, message_digest(mid), name, needs_body, flags, event, None, None)
+        return Entry(pk, ts, rcv, src, mid, message_digest(mid), name, needs_body, flags, _second_id(event), event,
+                     None, None)
 
     @property
     def event(self) -> dict[str, Any]:
@@ -138,9 +149,11 @@ def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int
     # No digest of the messageId: the person stage computes it (0.5 µs per event taken off the ingest, the stage
     # that sets the pipeline's pace: +5-11 % pipeline rate in alternating runs, session 7).
     mid, name, needs_body = _meta_fields(ev)
-    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, name, needs_body, flags or 0])
-    return meta, orjson.dumps(ev) if needs_body or flags else b"", event_row_body(ev, ts, rcv, raw_partition,
-                                                                                  raw_offset)
+    with_body = needs_body or bool(flags)
+    # An event whose body travels has its anonymousId there; the meta carries it only for the others.
+    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, name, needs_body, flags or 0,
+                         0 if with_body else _second_id(ev) or 0])
+    return meta, orjson.dumps(ev) if with_body else b"", event_row_body(ev, ts, rcv, raw_partition, raw_offset)
 
 
 _ROW_BODY_COLUMNS = EVENT_ROW_COLUMNS[1:]
@@ -148,7 +161,7 @@ _ROW_BODY_COLUMNS = EVENT_ROW_COLUMNS[1:]
 
 def entry_event(en: Entry) -> dict[str, Any]:
     """The event an entry carries, as an app could send it again (a dead-lettered event replayed by ``cdp dlq
-    replay``): with the identifier that names its person and, unless its own time was not trusted, its event time
+    replay``): with every identifier it holds and, unless its own time was not trusted, its event time
     and receive time, so the ingest makes the same entry of it again."""
     # Read again from its bytes with every integer whole: ``Entry.event`` reads one past 64 bits as a float, which
     # does for rules, but this event is written out again.
@@ -158,12 +171,15 @@ def entry_event(en: Entry) -> dict[str, Any]:
         ev = dict(en._event)
     else:
         ev = _event_from_row(en.row, exact_json.loads)
-    if not en.needs_body:  # rebuilt from the row, which keeps no raw identifier: the person key names it
+    if not en.needs_body:  # perhaps rebuilt from the row, which keeps no raw identifier: the person key and the
+        # meta name them (where the event is whole, they are the ones it holds)
         kind, _, value = en.pk.partition(":")
         if kind == "user_id" or kind == "anonymous_id":
             ev[kind] = value
         else:
             ev["identities"] = {kind: value}
+        if en.anonymous_id:
+            ev["anonymous_id"] = en.anonymous_id
     if not en.flags:  # a flagged event keeps the times the app sent: the ingest flags it again
         ev.pop("sent_at", None)
         ev["timestamp"] = iso(en.ts)
@@ -248,7 +264,7 @@ def decode_envelope(raw: bytes) -> Envelope:
         return _decode_v1(head)
     if isinstance(version, int) and version > ENVELOPE_VERSION:
         raise NewerEnvelopeError(f"envelope version {version} is newer than this worker's {ENVELOPE_VERSION}")
-    if version not in (2, 3, ENVELOPE_VERSION):
+    if version not in (2, 3, 4, ENVELOPE_VERSION):
         raise ValueError(f"unknown envelope version {version!r}")
     n = head["n"]
     if len(lines) != 2 + 2 * n:
@@ -260,12 +276,14 @@ def decode_envelope(raw: bytes) -> Envelope:
         raise ValueError(f"envelope says {n} events but holds {len(metas)} metas")
     if version != ENVELOPE_VERSION:
         for m in metas:
-            del m[6]  # the digest the ingest used to carry: the same as computed here
+            if version != 4:
+                del m[6]  # the digest the ingest used to carry: the same as computed here
+            m.append(0)  # no anonymousId beside the person key's userId: these layouts did not carry it
     entries = []
     i = 2
-    for pk, ts, rcv, rp, ro, mid, name, needs_body, flags in metas:
+    for pk, ts, rcv, rp, ro, mid, name, needs_body, flags, anon in metas:
         entries.append(Entry(pk, ts, rcv, (rp, ro), mid, message_digest(mid), _intern(name), needs_body,
-                             tuple(flags) if flags else (), None, lines[i], lines[i + 1]))
+                             tuple(flags) if flags else (), anon or "", None, lines[i], lines[i + 1]))
         i += 2
     return Envelope(source=head["src"], watermark=int(head["wm"]), entries=tuple(entries), flush=head["fl"])
 

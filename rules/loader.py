@@ -105,9 +105,6 @@ class RuleSet:
     # Content hash of all files: tells which rule set produced an output.
     digest: str = ""
 
-    def canonical_event(self, name: str) -> str:
-        return self.aliases.get(name, name)
-
     @cached_property
     def active_triggers(self) -> tuple[TriggerRule, ...]:
         """The enabled triggers (computed once: the person stage asks for every person it touches)."""

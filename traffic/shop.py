@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
 CATEGORIES = ["mother_baby", "beauty", "electronics", "apparel", "home", "food"]
 CHANNELS = ["web", "app", "miniapp", "official_account"]
 PAGES = ["home", "category", "search_results", "promo", "help"]
@@ -149,7 +147,3 @@ class ShopTraffic:
 
 def generate(users: int, days: float, seed: int, end: datetime | None = None) -> list[dict[str, Any]]:
     return ShopTraffic(users, days, seed, end).events()
-
-
-def to_jsonl(events: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(e) + b"\n" for e in events)

@@ -71,6 +71,16 @@ V3_ENVELOPE = b"\n".join([
 ])
 
 
+# The same three events as version 4 wrote them (metas without the digest, nor the anonymousId beside a userId).
+V4_ENVELOPE = b"\n".join([
+    b'{"v":4,"src":"src","wm":1790000000500,"fl":true,"n":3}',
+    b'[["user_id:u1",1790000000000,1790000000005,0,0,"m1","add_to_cart",false,0],'
+    b'["user_id:u1",1790000001000,1790000001005,0,1,"m2","identify",true,0],'
+    b'["anonymous_id:a9",1790000002000,1790000002005,0,2,"m3","page",false,0]]',
+    *V3_ENVELOPE.split(b"\n")[2:],
+])
+
+
 def current() -> bytes:
     entries = [encode_entry(pk, ts, ts + 5, 0, i, ev) for i, (pk, ts, ev) in enumerate(EVENTS)]
     return encode_envelopes("src", 1_790_000_000_500, entries)[0]
@@ -88,21 +98,21 @@ def test_rows_are_arrays_of_every_column_with_the_pii_masked():
                        "campaign_source": "baidu", "campaign_medium": "cpc", "campaign_name": ""}
 
 
-@pytest.mark.parametrize("old_envelope", [V2_ENVELOPE, V3_ENVELOPE], ids=["v2", "v3"])
+@pytest.mark.parametrize("old_envelope", [V2_ENVELOPE, V3_ENVELOPE, V4_ENVELOPE], ids=["v2", "v3", "v4"])
 def test_an_envelope_of_a_previous_layout_gives_the_same_rows_events_and_metas(old_envelope):
     old, new = decode_envelope(old_envelope), decode_envelope(current())
     assert (old.source, old.watermark, old.flush) == (new.source, new.watermark, new.flush)
     assert [event_row(en, "o_1") for en in old.entries] == [event_row(en, "o_1") for en in new.entries]
     assert [en.event for en in old.entries] == [en.event for en in new.entries]
-    assert [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags)
-            for en in old.entries] == \
-        [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags)
-         for en in new.entries]
+    assert [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags,
+             en.anonymous_id) for en in old.entries] == \
+        [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags,
+          en.anonymous_id) for en in new.entries]
 
 
 def test_the_person_stage_computes_the_digest_the_ingest_no_longer_carries():
     metas = orjson.loads(current().split(b"\n")[1])
-    assert [len(m) for m in metas] == [9, 9, 9]
+    assert [len(m) for m in metas] == [10, 10, 10]
     assert "d11f79d4b490b654" not in current().decode()
     # The digest the previous layout carried, the one person states already hold: duplicates stay duplicates
     # across the upgrade.
@@ -119,6 +129,19 @@ def test_an_event_is_rebuilt_from_its_row_when_the_row_tells_it_all():
                                     "context": {"campaign": {"source": "baidu", "medium": "cpc"}}}
 
 
+def test_an_event_with_a_user_id_and_an_anonymous_id_keeps_both_without_carrying_its_body():
+    ev = {"type": "track", "event": "product_view", "message_id": "m4", "user_id": "u1", "anonymous_id": "a9"}
+    meta, body, row = encode_entry("user_id:u1", 1_790_000_003_000, 1_790_000_003_005, 0, 3, ev)
+    assert body == b""  # the row and the meta tell it all: not encoded twice, never decoded by the person stage
+    en = decode_entry((meta, body, row))
+    assert (en.pk, en.anonymous_id, en.needs_body) == ("user_id:u1", "a9", False)
+    assert entry_event(en)["user_id"] == "u1" and entry_event(en)["anonymous_id"] == "a9"
+    assert row_dict(event_row(en, "o_1"))["identities"] == {"user_id": "u***", "anonymous_id": "a***"}
+    alone = decode_entry(encode_entry("anonymous_id:a9", 1, 1, 0, 0, {"type": "page", "message_id": "m5",
+                                                                     "anonymous_id": "a9"}))
+    assert alone.anonymous_id == "" and entry_event(alone)["anonymous_id"] == "a9"
+
+
 def _reingested(raw: bytes, taken: int, now: int):
     from core.ingest import RawRecord, ingest_records
     from tests.streams.test_person_cache import RULES
@@ -127,11 +150,9 @@ def _reingested(raw: bytes, taken: int, now: int):
     return [decode_entry(e) for e in res.entries.get(0, [])]
 
 
-def _comparable(en, keep_ids: set[str] | None) -> tuple:
+def _comparable(en) -> tuple:
     row = dict(zip(EVENT_ROW_COLUMNS[1:], orjson.loads(en.row), strict=True))
-    if keep_ids is not None:
-        row["identities"] = {k: v for k, v in row["identities"].items() if k in keep_ids}
-    return en.pk, en.ts, en.rcv, en.message_id, en.name, en.flags, row
+    return en.pk, en.ts, en.rcv, en.message_id, en.name, en.flags, en.anonymous_id, row
 
 
 @settings(max_examples=300, suppress_health_check=list(HealthCheck))
@@ -139,13 +160,11 @@ def _comparable(en, keep_ids: set[str] | None) -> tuple:
 def test_an_event_the_person_stage_dead_letters_makes_the_same_entry_when_replayed(doc, shift):
     """``cdp dlq replay`` of a person-stage bad row: the event, as ``entry_event`` writes it, goes through the
     ingest again, later and as another record, and must come out as the same entry: the same person, times, name,
-    flags and ClickHouse row. (An event the row tells all of keeps only the identifier naming its person: its row
-    held no other in the clear.)"""
+    flags, identifiers and ClickHouse row (whose masked identifiers are every one the event held)."""
     now = 1_795_400_000_000
     first = _reingested(json.dumps(doc).encode(), now - 5_000, now)
     assume(first)  # refused by the ingest: a bad row already, never an entry
     [en] = first
     again_at = now + shift if not en.flags else now - 5_000  # a flagged event is timed at receipt again
     [again] = _reingested(exact_json.dumps(entry_event(en)), again_at, again_at + 5_000)  # as the worker writes it
-    keep = None if en.needs_body else {en.pk.partition(":")[0]}
-    assert _comparable(again, keep) == _comparable(en, keep)
+    assert _comparable(again) == _comparable(en)

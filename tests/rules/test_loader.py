@@ -8,7 +8,7 @@ from rules.loader import RuleLoadError, load_rules, parse_duration_ms
 
 def test_shipped_rules_load():
     rs = load_rules(PACKAGE_RULES_DIR)
-    assert rs.canonical_event("Product Added") == "add_to_cart"
+    assert rs.aliases["Product Added"] == "add_to_cart"
     (cart,) = [t for t in rs.triggers if t.id == "cart_not_paid_sms"]
     assert cart.wait_ms == 3_600_000 and cart.action.channel.value == "sms"
     assert len(rs.digest) == 16
