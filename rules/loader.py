@@ -144,25 +144,34 @@ def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | 
     return None
 
 
-def load_file(path: Path) -> tuple[RuleFile | None, list[RuleError]]:
-    text = path.read_text(encoding="utf-8")
+def _parse(raw: bytes) -> tuple[Any, yaml.Node | None]:
+    """The document and its node tree from one parse: the node tree gives the lines errors point at."""
+    loader = yaml.SafeLoader(raw.decode("utf-8"))
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()
+
+
+def load_file(path: Path, raw: bytes) -> tuple[RuleFile | None, dict[tuple[Any, ...], int], list[RuleError]]:
+    """One rule file from its bytes: the validated file (None if invalid), each path's line, and its errors."""
+    try:
+        data, node = _parse(raw)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
-        return None, [RuleError(str(path), mark.line + 1 if mark else None, "$", f"not valid YAML: {exc}")]
+        return None, {}, [RuleError(str(path), mark.line + 1 if mark else None, "$", f"not valid YAML: {exc}")]
     if not isinstance(data, dict):
-        return None, [RuleError(str(path), 1, "$", "a rule file must be a mapping with 'version'")]
+        return None, {}, [RuleError(str(path), 1, "$", "a rule file must be a mapping with 'version'")]
     lines = _line_index(node) if node is not None else {}
     try:
-        return RuleFile.model_validate(data), []
+        return RuleFile.model_validate(data), lines, []
     except ValidationError as exc:
         errs = []
         for e in exc.errors(include_url=False):
             loc = tuple(e["loc"])
             errs.append(RuleError(str(path), _line_for(lines, loc), ".".join(map(str, loc)) or "$", e["msg"]))
-        return None, errs
+        return None, lines, errs
 
 
 def load_rules(directory: Path) -> RuleSet:
@@ -177,15 +186,15 @@ def load_rules(directory: Path) -> RuleSet:
     if not files:
         raise RuleLoadError([RuleError(str(directory), None, "$", "no rule files (*.yaml) found")])
     for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-        rf, errs = load_file(f)
+        raw = f.read_bytes()  # read once: parsed, validated and hashed from the same bytes
+        h.update(f.name.encode() + b"\0" + raw)
+        rf, lines, errs = load_file(f, raw)
         errors.extend(errs)
         if rf is None:
             continue
         aliases.update(rf.aliases)
         for id_type, values in rf.blocked_identifiers.items():
             blocked.setdefault(id_type, set()).update(values)
-        lines = _line_index(yaml.compose(f.read_text(encoding="utf-8"), Loader=yaml.SafeLoader))
         for i, t in enumerate(rf.triggers):
             if t.id in seen:
                 errors.append(RuleError(str(f), lines.get(("triggers", i, "id")), f"triggers.{i}.id",

@@ -1,3 +1,4 @@
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,20 @@ def test_triggers_by_event_names_each_enabled_rule_its_events_arm_or_cancel(tmp_
     by_event = load_rules(tmp_path).triggers_by_event
     assert {k: [r.id for r in v] for k, v in by_event.items()} == {
         "cart": ["a", "b"], "paid": ["a"], "view": ["b"], "loop": ["d"]}
+
+
+def test_the_digest_is_of_the_bytes_the_rules_were_read_from(tmp_path: Path):
+    rule = "version: 1\naliases: {Product Added: add_to_cart}\n"
+    (tmp_path / "a.yaml").write_text(rule)
+    first = load_rules(tmp_path)
+    assert first.digest == hashlib.sha256(b"a.yaml\0" + rule.encode()).hexdigest()[:16]
+    (tmp_path / "a.yaml").write_text(rule + "# a comment changes the bytes, not the rules\n")
+    again = load_rules(tmp_path)
+    assert again.aliases == first.aliases and again.digest != first.digest
+
+
+def test_a_file_that_is_not_utf8_is_reported_not_raised(tmp_path: Path):
+    (tmp_path / "a.yaml").write_bytes(b"version: 1\naliases: {caf\xe9: cafe}\n")
+    with pytest.raises(RuleLoadError) as exc:
+        load_rules(tmp_path)
+    assert str(exc.value).startswith(f"{tmp_path / 'a.yaml'}: $: not valid YAML")
