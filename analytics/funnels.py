@@ -160,16 +160,26 @@ def retention_sql(period: str = "week", periods: int = 8, event: str | None = No
     )
 
 
-def format_retention(rows: list[tuple[str, int, int]], periods: int) -> str:
-    """A cohort table: size, then % of the cohort active in each period."""
+def retention_matrix(rows: list[tuple[str, int, int]], periods: int
+                     ) -> list[tuple[str, int, list[float | None]]]:
+    """(cohort, size, % of the cohort active in period 0..periods) per cohort, oldest first, from
+    ``retention_sql``'s rows (cohort, k, persons; k = -1 is the cohort's size)."""
     cohorts: dict[str, dict[int, int]] = {}
     for cohort, k, n in rows:
         cohorts.setdefault(str(cohort)[:10], {})[int(k)] = int(n)
+    out: list[tuple[str, int, list[float | None]]] = []
+    for cohort in sorted(cohorts):
+        ks = cohorts[cohort]
+        size = ks.get(-1, 0)
+        out.append((cohort, size, [100.0 * ks[k] / size if size and k in ks else None for k in range(periods + 1)]))
+    return out
+
+
+def format_retention(rows: list[tuple[str, int, int]], periods: int) -> str:
+    """A cohort table: size, then % of the cohort active in each period."""
     head = f"{'cohort':<10}  {'persons':>7}  " + "  ".join(f"{'+' + str(k):>6}" for k in range(periods + 1))
     out = [head]
-    for cohort, ks in cohorts.items():
-        size = ks.get(-1, 0)
-        cells = "  ".join(f"{100.0 * ks[k] / size:5.1f}%" if size and k in ks else f"{'':>6}"
-                          for k in range(periods + 1))
+    for cohort, size, pcts in retention_matrix(rows, periods):
+        cells = "  ".join(f"{'':>6}" if p is None else f"{p:5.1f}%" for p in pcts)
         out.append(f"{cohort:<10}  {size:>7}  {cells}")
     return "\n".join(out)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from analytics.funnels import events_source, funnel_sql, funnel_table, retention_sql, time_range
+from analytics.funnels import events_source, funnel_sql, funnel_table, retention_matrix, retention_sql, time_range
 
 CHANNEL_COLOURS = {"sms": "#2b6cb0", "email": "#2f855a", "push": "#b7791f", "wechat": "#319795", "crm": "#805ad5",
                    "webhook": "#718096"}
@@ -112,20 +112,6 @@ def _funnel_svg(rows: list[tuple[str, int, float | None, float | None]]) -> str:
                    f'{"" if of_prev is None else " · " + _pct(of_prev)}</text>')
     out.append("</svg>")
     return "".join(out)
-
-
-def retention_matrix(rows: list[tuple[str, int, int]], periods: int
-                     ) -> list[tuple[str, int, list[float | None]]]:
-    """(cohort, size, % of the cohort active in period 0..periods) per cohort, oldest first."""
-    cohorts: dict[str, dict[int, int]] = {}
-    for cohort, k, n in rows:
-        cohorts.setdefault(cohort, {})[k] = n
-    out = []
-    for cohort in sorted(cohorts):
-        ks = cohorts[cohort]
-        size = ks.get(-1, 0)
-        out.append((cohort, size, [100.0 * ks[k] / size if size and k in ks else None for k in range(periods + 1)]))
-    return out
 
 
 def _heat(p: float | None) -> str:
