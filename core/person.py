@@ -211,8 +211,10 @@ def _trigger_on_event(state: PersonState, rule: TriggerRule, name: str, en: Entr
         return
     if name != rule.when:
         return
-    if pend is not None and pend.since <= en.ts:
-        return  # already armed by an earlier 'when'; the first one starts the clock
+    if pend is not None and (pend.since < en.ts or (pend.since == en.ts and pend.message_id <= en.message_id)):
+        # Already armed by an earlier 'when': the first one starts the clock (of two at the same time, the one
+        # with the lower messageId, so the state does not depend on which arrived first).
+        return
     # The 'unless' event may already have been seen, out of order, inside this window.
     if rule.unless and en.ts <= state.last_seen.get(rule.unless, -1) <= en.ts + rule.wait_ms:
         return

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class Channel(StrEnum):
@@ -32,9 +32,10 @@ class Action(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     to: dict[str, str] = Field(default_factory=dict, description="contact identifiers the sender needs, by type")
     reason: dict[str, Any] = Field(default_factory=dict, description="the rule, events and values that fired it")
-    created_at: datetime
-    not_before: datetime
-    expires_at: datetime
+    # Times with their zone (the core writes UTC, ``...Z``): a sender compares them with its own clock.
+    created_at: AwareDatetime
+    not_before: AwareDatetime
+    expires_at: AwareDatetime
 
 
 class FeedbackStatus(StrEnum):
