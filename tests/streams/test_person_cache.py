@@ -8,7 +8,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from core.envelope import NewerEnvelopeError, encode_entry, encode_envelopes
+from core.envelope import ENVELOPE_VERSION, NewerEnvelopeError, encode_entry, encode_envelopes
 from core.ids import partition_for
 from core.person import PersonState
 from rules.loader import load_rules
@@ -203,7 +203,7 @@ def test_an_envelope_from_a_newer_ingest_stops_the_stage_where_a_bad_one_is_skip
     wait, unacknowledged, for an upgraded worker, not be skipped as a bad envelope would be."""
     st = stage(MemoryStore(), 100)
     assert st.take(0, 0, b"not an envelope", "h0") is not None  # counted, skipped, acknowledged with its batch
-    newer = envelope(["a"], 1, 1).replace(b'"v":4', b'"v":5', 1)
+    newer = envelope(["a"], 1, 1).replace(b'"v":%d' % ENVELOPE_VERSION, b'"v":%d' % (ENVELOPE_VERSION + 1), 1)
     assert st.stopped is None
     with pytest.raises(NewerEnvelopeError):
         st.take(0, 1, newer, "h1")
