@@ -96,7 +96,8 @@ class Entry:
         self.name = name
         self.needs_body = needs_body
         self.flags = flags  # e.g. future_timestamp: the event's own time was not trusted
-        # The anonymousId of an event whose person key names its userId ("" if none): the row holds it masked only.
+        # The anonymousId of an event whose person key names its userId, which the row holds masked only: read
+        # where the event is rebuilt from the row. "" if none, and in an entry decoded with its body (which has it).
         self.anonymous_id = anonymous_id
         self._event = event
         self._body = body
