@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # `make demo`: broker up, a synthetic shop's traffic through the whole pipeline, then what came out of it.
-# Each run uses its own topic prefix and ClickHouse path, so runs never mix; it stops only what it started.
+# Each run uses its own topic prefix and ClickHouse path (DEMO_DIR, .local/demo by default, replaced by the next
+# run), so runs never mix; it stops only what it started. It ends by writing $DEMO_DIR/env: `source` it and the cdp
+# commands explore the demo's data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH"
+demo=${DEMO_DIR:-.local/demo}
+rm -rf "$demo" && mkdir -p "$demo"
+export demo="$(cd "$demo" && pwd)"
 export CDP_TOPIC_PREFIX="demo$(date +%s)"
-export CDP_CLICKHOUSE_URL="chdb://.local/demo/clickhouse"
-rm -rf .local/demo && mkdir -p .local/demo
+export CDP_CLICKHOUSE_URL="chdb://$demo/clickhouse"
 export users=${DEMO_USERS:-2000}
 export days=${DEMO_DAYS:-3}
 
 run() {
   set -euo pipefail
   echo "== generating $users shoppers' traffic over $days days"
-  cdp generate --users "$users" --days "$days" --seed "$(date +%s)" > .local/demo/events.jsonl
+  cdp generate --users "$users" --days "$days" --seed "$(date +%s)" > "$demo/events.jsonl"
   # A few broken messages, as real apps send: they must land in the DLQ, not stop anything.
   printf '%s\n' '{"type":"track","event":"add_to_cart"}' 'not json at all' '{"type":"track","messageId":"x"}' \
-    >> .local/demo/events.jsonl
-  echo "== replaying $(wc -l < .local/demo/events.jsonl) messages through the pipeline (worker, ClickHouse)"
-  cdp replay .local/demo/events.jsonl
+    >> "$demo/events.jsonl"
+  echo "== replaying $(wc -l < "$demo/events.jsonl") messages through the pipeline (worker, ClickHouse)"
+  cdp replay "$demo/events.jsonl"
   echo
   echo "== funnel (persons by OneID, within 1 day)"
   cdp funnel --steps product_view,add_to_cart,checkout_start,order_paid --window 1d
@@ -37,6 +41,18 @@ run() {
   cdp dlq stats
   echo
   echo "== report: funnel, retention heatmap, actions per day (open it in a browser)"
-  cdp report --out .local/report.html --period day --periods "$days"
+  cdp report --out "$demo/report.html" --period day --periods "$days"
+  # The next step: the same commands on the demo's data, from any shell.
+  {
+    echo "export CDP_TOPIC_PREFIX=$CDP_TOPIC_PREFIX CDP_CLICKHOUSE_URL=$CDP_CLICKHOUSE_URL"
+    if [ -n "${CDP_DATA_DIR:-}" ]; then echo "export CDP_DATA_DIR=$(cd "$CDP_DATA_DIR" && pwd)"; fi
+    echo "export PATH=\"$PWD/.venv/bin:\$PATH\""
+  } > "$demo/env"
+  echo
+  echo "== explore the demo's data: its settings are in $demo/env"
+  echo "   source $demo/env"
+  echo "   cdp sql \"SELECT event, count() FROM cdp.events GROUP BY event\" --format pretty"
+  echo "   cdp funnel --steps product_view,add_to_cart,order_paid --window 1d"
+  echo "   cdp retention --period day"
 }
 bash deploy/local/with-kafka.sh bash -c "$(declare -f run); run"
