@@ -1,14 +1,12 @@
-"""Analyst queries the CLI runs (SQL text, so they run the same on chDB and on a ClickHouse server)."""
+"""Analyst queries the CLI runs (SQL text, so they run the same on chDB and on a ClickHouse server), each a
+``Query``: SQL with ``{name:Type}`` placeholders and their values (analytics.sql)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
+from analytics.sql import Params, Query, property_sql, time_range
 from rules.loader import parse_duration_ms
-
-
-def quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def events_source(merge_aware: bool = True) -> str:
@@ -26,36 +24,17 @@ def events_source(merge_aware: bool = True) -> str:
 FUNNEL_MODES = ("strict_order", "strict_deduplication", "strict_increase")
 
 
-def ts_literal(d: datetime) -> str:
-    """A DateTime64(3, 'UTC') literal for a Python datetime (naive means UTC)."""
-    d = d.astimezone(UTC) if d.tzinfo else d
-    return f"toDateTime64({quote(d.strftime('%Y-%m-%d %H:%M:%S.%f')[:23])}, 3, 'UTC')"
-
-
-def time_range(since: datetime | None, until: datetime | None, column: str = "ts") -> list[str]:
-    """SQL conditions keeping ``column`` (a DateTime64) in [since, until)."""
-    return ([f"{column} >= {ts_literal(since)}"] if since else []) + \
-        ([f"{column} < {ts_literal(until)}"] if until else [])
-
-
-def property_sql(name: str) -> str:
-    """A property of the event's ``properties`` JSON as text: strings unquoted, numbers and booleans as written,
-    '' where absent."""
-    key = quote(name)
-    return (f"if(JSONType(properties, {key}) = 'String', JSONExtractString(properties, {key}),"
-            f" JSONExtractRaw(properties, {key}))")
-
-
 def funnel_sql(steps: list[str], window: str, since: datetime | None = None, until: datetime | None = None,
                mode: str | list[str] | tuple[str, ...] | None = None, breakdown: str | None = None,
-               merge_aware: bool = True, where: str | None = None) -> str:
+               merge_aware: bool = True, where: str | None = None, params: Params | None = None) -> Query:
     """Persons (by OneID) reaching each step in order within the window (ClickHouse ``windowFunnel``).
 
     Rows are ``(level, persons)``: persons whose furthest step is ``level`` (0: never did the first step); with
     ``breakdown``, ``(value, level, persons)`` for level >= 1, where value is that property of the person's
     earliest first-step event in the range (each person counts once, under one value, so the rows add up to the
     funnel without breakdown). ``mode``: windowFunnel's strict modes, any of FUNNEL_MODES (default: none).
-    ``merge_aware``: count persons after identity merges (see events_source). ``where`` (SQL) narrows the events.
+    ``merge_aware``: count persons after identity merges (see events_source). ``where`` (the analyst's SQL, taken
+    as written) narrows the events. ``params``: bind into these (a query that holds this one), else new ones.
     """
     if len(steps) < 2:
         raise ValueError("a funnel needs at least two steps")
@@ -64,27 +43,30 @@ def funnel_sql(steps: list[str], window: str, since: datetime | None = None, unt
     bad = [m for m in modes if m not in FUNNEL_MODES]
     if bad:
         raise ValueError(f"unknown funnel mode {bad[0]!r}; choose from default, {', '.join(FUNNEL_MODES)}")
+    p = params if params is not None else Params()
     window_s = max(1, parse_duration_ms(window) // 1000)
-    params = ", ".join([str(window_s), *(quote(m) for m in modes)])
-    conds = ", ".join(f"event = {quote(s)}" for s in steps)
-    scope = time_range(since, until)
+    funnel_params = ", ".join([p("window_s", window_s, "UInt64"),
+                               *(p(f"mode_{i}", m, "String") for i, m in enumerate(modes, start=1))])
+    step_sql = [p(f"step_{i}", s, "String") for i, s in enumerate(steps, start=1)]
+    conds = ", ".join(f"event = {s}" for s in step_sql)
+    scope = time_range(p, since, until)
     if where:
         scope.append(f"({where})")
     # strict_order stops a person's chain at any event that is not the next step, so it must see all their events;
     # the other modes only need the steps' events.
     if "strict_order" not in modes:
-        scope.append(f"event IN ({', '.join(quote(s) for s in dict.fromkeys(steps))})")
+        scope.append(f"event IN {p('steps', list(dict.fromkeys(steps)), 'Array(String)')}")
     where_sql = f" WHERE {' AND '.join(scope)}" if scope else ""
     # windowFunnel rejects DateTime64: pass whole seconds. Both sources collapse retried inserts (FINAL).
-    per_person = f"windowFunnel({params})(toDateTime(ts), {conds}) AS level"
+    per_person = f"windowFunnel({funnel_params})(toDateTime(ts), {conds}) AS level"
     if breakdown is None:
-        return (
+        return p.query(
             f"SELECT level, count() AS persons FROM ("
             f" SELECT oneid, {per_person} FROM {events_source(merge_aware)}{where_sql} GROUP BY oneid"
             f") GROUP BY level ORDER BY level"
         )
-    value = f"argMinIf({property_sql(breakdown)}, ts, event = {quote(steps[0])}) AS value"
-    return (
+    value = f"argMinIf({property_sql(p, breakdown, 'breakdown')}, ts, event = {step_sql[0]}) AS value"
+    return p.query(
         f"SELECT value, level, count() AS persons FROM ("
         f" SELECT oneid, {per_person}, {value} FROM {events_source(merge_aware)}{where_sql} GROUP BY oneid"
         f") WHERE level > 0 GROUP BY value, level ORDER BY value, level"
@@ -93,8 +75,9 @@ def funnel_sql(steps: list[str], window: str, since: datetime | None = None, unt
 
 def funnel_table(steps: list[str], levels: dict[int, int]) -> list[tuple[str, int, float | None, float | None]]:
     """(step, persons reaching it, % of previous step, % of first step) from windowFunnel's level counts."""
-    rows = []
-    first = prev = None
+    rows: list[tuple[str, int, float | None, float | None]] = []
+    first: int | None = None
+    prev: int | None = None
     for i, step in enumerate(steps, start=1):
         n = sum(c for lvl, c in levels.items() if lvl >= i)
         of_prev = None if prev in (None, 0) else 100.0 * n / prev
@@ -136,27 +119,29 @@ _PERIODS = {"day": (1, "toStartOfDay"), "week": (7, "toMonday")}
 
 
 def retention_sql(period: str = "week", periods: int = 8, event: str | None = None,
-                  where: str | None = None, merge_aware: bool = True) -> str:
+                  where: str | None = None, merge_aware: bool = True, since: datetime | None = None,
+                  until: datetime | None = None, params: Params | None = None) -> Query:
     """Persons by first-seen cohort (day, or week from Monday; UTC) and period since: rows (cohort, k, persons),
     where k = -1 is the cohort's size and k >= 0 counts its persons active k periods after their cohort began.
 
-    Active = any event, or only ``event`` when given; ``where`` (SQL) narrows every event considered. Persons are
-    counted after identity merges unless ``merge_aware`` is false (a merged person's cohort is the first event of
-    any of their OneIDs)."""
+    Active = any event, or only ``event`` when given; ``where`` (the analyst's SQL, taken as written) and
+    [since, until) narrow every event considered. Persons are counted after identity merges unless ``merge_aware``
+    is false (a merged person's cohort is the first event of any of their OneIDs)."""
     if period not in _PERIODS:
         raise ValueError("period is day or week")
+    p = params if params is not None else Params()
     days, start = _PERIODS[period]
-    scope = f"({where})" if where else "1"
-    active = f"{scope} AND e.event = {quote(event)}" if event else scope
+    scope = " AND ".join(f"({c})" for c in [*time_range(p, since, until), *([where] if where else [])]) or "1"
+    active = f"{scope} AND e.event = {p('event', event, 'String')}" if event else scope
     source = events_source(merge_aware)
-    return (
+    return p.query(
         f"WITH f AS (SELECT oneid, {start}(min(ts)) AS cohort FROM {source} WHERE {scope} GROUP BY oneid)"
         f" SELECT cohort, k, uniqExact(oneid) AS persons FROM ("
         f" SELECT f.oneid AS oneid, f.cohort AS cohort,"
         f" intDiv(dateDiff('day', f.cohort, {start}(e.ts)), {days}) AS k"
         f" FROM {source} AS e INNER JOIN f ON e.oneid = f.oneid WHERE {active}"
         f" UNION ALL SELECT oneid, cohort, -1 AS k FROM f"
-        f") WHERE k BETWEEN -1 AND {int(periods)} GROUP BY cohort, k ORDER BY cohort, k"
+        f") WHERE k BETWEEN -1 AND {p('periods', int(periods), 'Int64')} GROUP BY cohort, k ORDER BY cohort, k"
     )
 
 

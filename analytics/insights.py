@@ -1,9 +1,11 @@
 """Marketing and product insights the CLI runs: attribution, channel ROI, A/B readouts, RFM segments, next-step paths.
 
-Each ``*_sql`` builder returns plain ClickHouse SQL (the same on chDB and on a server; ``cdp <command> --sql``
-prints it for pasting into ``cdp sql`` or a BI tool). Events are read merge-aware by default (``events_source``:
-a person's OneIDs joined by identity merges count as one person). ``where`` (SQL over cdp.events columns) narrows
-every event a query reads. Statistics that need more than counting (the A/B test) are computed here in Python.
+Each ``*_sql`` builder returns a ``Query``: ClickHouse SQL (the same on chDB and on a server) whose every value
+is a ``{name:Type}`` placeholder, and the values (analytics.sql); ``cdp <command> --sql`` prints it with the values
+written in, for pasting into ``cdp sql`` or a BI tool. Events are read merge-aware by default (``events_source``:
+a person's OneIDs joined by identity merges count as one person). ``where`` (SQL over cdp.events columns, the
+analyst's own, taken as written) narrows every event a query reads. Statistics that need more than counting (the
+A/B test) are computed here in Python.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from analytics.funnels import events_source, property_sql, quote, time_range, ts_literal
+from analytics.funnels import events_source
+from analytics.sql import Params, Query, ms_time, property_sql, time_range, utc_ms
 from rules.loader import parse_duration_ms
 
 MODELS = ("last_click", "first_click", "linear", "time_decay", "position_based")
@@ -29,17 +32,9 @@ DIRECT = ("(direct)", "(none)")
 NON_BEHAVIOUR_EVENTS = ("identify", "alias", "group")
 
 
-def _ms(d: datetime) -> int:
-    return int((d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp() * 1000)
-
-
 def _and(*conds: str | None) -> str:
     kept = [f"({c})" for c in conds if c]
     return " AND ".join(kept) if kept else "1"
-
-
-def _names(events: Sequence[str]) -> str:
-    return ", ".join(quote(e) for e in events)
 
 
 # --- attribution ------------------------------------------------------------------------------------------------
@@ -64,36 +59,43 @@ def _credits(model: str) -> str:
     raise ValueError(f"unknown attribution model {model!r}; choose from {', '.join(MODELS)}")
 
 
-def _decay(half_life_ms: int) -> str:
+def _decay(half_life_ms: str) -> str:
     """Time-decay weights 2^(-age / half-life), the age taken from the latest touch rather than the conversion:
     normalised, the credits are the same, and the latest weight is 1, so a long lookback cannot underflow them
-    all to 0."""
+    all to 0. ``half_life_ms``: its SQL (a placeholder)."""
     return f"arrayMap(x -> exp2((x.1 - touches[-1].1) / {half_life_ms}), touches)"
 
 
 def attribution_sql(model: str = "last_click", conversion: str = "order_paid", lookback: str = "30d",
                     half_life: str = "7d", since: datetime | None = None, until: datetime | None = None,
                     by_campaign: bool = False, visit_gap: str = "30m", merge_aware: bool = True,
-                    where: str | None = None) -> str:
+                    where: str | None = None, params: Params | None = None) -> Query:
     """Conversions and revenue credited per channel: rows (source, medium[, campaign], conversions, revenue).
 
     A conversion is a ``conversion`` event in [since, until); its revenue is ``properties.amount``. Its journey is
     the same person's touchpoints (events with a campaign_source) in the ``lookback`` before it, up to and
     including its own time. A touchpoint repeating the previous one's source, medium and campaign within
     ``visit_gap`` is the same visit and counts once. The model splits each conversion (1) and its revenue over
-    the journey's touchpoints; a conversion with no touchpoint goes to ``DIRECT``."""
+    the journey's touchpoints; a conversion with no touchpoint goes to ``DIRECT``. ``params``: bind into these (a
+    query that holds this one), else new ones."""
+    p = params if params is not None else Params()
     credits = _credits(model)
-    weighted = (f"(SELECT amount, touches, {_decay(max(1, parse_duration_ms(half_life)))} AS decay FROM visits)"
-                if model == "time_decay" else "visits")
-    lookback_ms, gap_ms = parse_duration_ms(lookback), parse_duration_ms(visit_gap)
+    weighted = "visits"
+    if model == "time_decay":
+        half_life_ms = p("half_life_ms", max(1, parse_duration_ms(half_life)), "Int64")
+        weighted = f"(SELECT amount, touches, {_decay(half_life_ms)} AS decay FROM visits)"
+    lookback_ms = parse_duration_ms(lookback)
+    lookback_sql = p("lookback_ms", lookback_ms, "Int64")
+    gap_sql = p("visit_gap_ms", parse_duration_ms(visit_gap), "Int64")
     src = events_source(merge_aware)
     keys = "source, medium, campaign" if by_campaign else "source, medium"
-    direct = f"[({quote(DIRECT[0])}, {quote(DIRECT[1])}, '', 1.)]"
-    conversions = _and(f"event = {quote(conversion)}", *time_range(since, until), where)
+    direct = f"[({p('direct_source', DIRECT[0], 'String')}, {p('direct_medium', DIRECT[1], 'String')}, '', 1.)]"
+    conversions = _and(f"event = {p('conversion', conversion, 'String')}", *time_range(p, since, until), where)
     # Touchpoints can precede the first conversion in range by up to the lookback.
-    tp_since = datetime.fromtimestamp((_ms(since) - lookback_ms) / 1000, UTC) if since else None
-    touchpoints = _and("campaign_source != ''", *time_range(tp_since, until), where)
-    return (
+    tp_since = [f"ts >= {ms_time(p, 'touch_since', utc_ms(since) - lookback_ms)}"] if since else []
+    tp_until = [f"ts < {ms_time(p, 'until', utc_ms(until))}"] if until else []
+    touchpoints = _and("campaign_source != ''", *tp_since, *tp_until, where)
+    return p.query(
         f"WITH conversions AS ("
         f" SELECT message_id AS conversion_id, oneid, toUnixTimestamp64Milli(ts) AS ms,"
         f" JSONExtractFloat(properties, 'amount') AS amount FROM {src} WHERE {conversions}),"
@@ -105,11 +107,11 @@ def attribution_sql(model: str = "last_click", conversion: str = "order_paid", l
         f" journeys AS ("
         f" SELECT c.conversion_id AS conversion_id, any(c.amount) AS amount,"
         f" arraySort(x -> (x.1, x.2), groupArrayIf((t.ms, t.message_id, t.source, t.medium, t.campaign),"
-        f" t.oneid != '' AND c.ms - t.ms BETWEEN 0 AND {lookback_ms})) AS raw"
+        f" t.oneid != '' AND c.ms - t.ms BETWEEN 0 AND {lookback_sql})) AS raw"
         f" FROM conversions AS c LEFT JOIN touchpoints AS t ON t.oneid = c.oneid GROUP BY c.conversion_id),"
         f" visits AS ("
         f" SELECT conversion_id, amount, arrayFilter((x, i) -> i = 1 OR (x.3, x.4, x.5) !="
-        f" (raw[i - 1].3, raw[i - 1].4, raw[i - 1].5) OR x.1 - raw[i - 1].1 > {gap_ms},"
+        f" (raw[i - 1].3, raw[i - 1].4, raw[i - 1].5) OR x.1 - raw[i - 1].1 > {gap_sql},"
         f" raw, arrayEnumerate(raw)) AS touches FROM journeys),"
         f" credited AS ("
         f" SELECT amount, if(empty(touches), {direct}, {credits}) AS credits FROM {weighted})"
@@ -122,21 +124,22 @@ def attribution_sql(model: str = "last_click", conversion: str = "order_paid", l
 
 def roi_sql(model: str = "last_click", conversion: str = "order_paid", lookback: str = "30d",
             half_life: str = "7d", since: datetime | None = None, until: datetime | None = None,
-            by_campaign: bool = False, merge_aware: bool = True, where: str | None = None) -> str:
+            by_campaign: bool = False, merge_aware: bool = True, where: str | None = None) -> Query:
     """Per channel: attributed conversions and revenue (as ``attribution_sql``) beside the summed spend of
     cdp.channel_costs over the same days: rows (source, medium[, campaign], conversions, revenue, cost, roi, roas),
     roi = (revenue - cost) / cost and roas = revenue / cost, NULL without cost.
 
     Costs count on the days from since's date up to, not including, until's date (UTC); pass whole days."""
+    p = Params()
     keys = "source, medium, campaign" if by_campaign else "source, medium"
     attributed = attribution_sql(model, conversion, lookback, half_life, since, until, by_campaign,
-                                 merge_aware=merge_aware, where=where)
-    days = _and(f"day >= toDate({ts_literal(since)})" if since else None,
-                f"day < toDate({ts_literal(until)})" if until else None)
+                                 merge_aware=merge_aware, where=where, params=p).sql
+    days = _and(f"day >= toDate({ms_time(p, 'since', utc_ms(since))})" if since else None,
+                f"day < toDate({ms_time(p, 'until', utc_ms(until))})" if until else None)
     costs = (f"SELECT toString(source) AS source, toString(medium) AS medium,"
              f"{' campaign,' if by_campaign else ''} 0. AS conversions, 0. AS revenue, sum(cost) AS cost"
              f" FROM cdp.channel_costs FINAL WHERE {days} GROUP BY {keys}")
-    return (
+    return p.query(
         f"SELECT *, if(cost > 0, (revenue - cost) / cost, NULL) AS roi, if(cost > 0, revenue / cost, NULL) AS roas"
         f" FROM (SELECT {keys}, sum(conversions) AS conversions, sum(revenue) AS revenue, sum(cost) AS cost"
         f" FROM (SELECT {keys}, conversions, revenue, 0. AS cost FROM ({attributed}) UNION ALL {costs})"
@@ -185,19 +188,21 @@ def costs_insert_sql(rows: list[dict[str, Any]], updated_at: datetime | None = N
 # --- A/B tests --------------------------------------------------------------------------------------------------
 
 def abtest_sql(experiment: str, conversion: str = "order_paid", window: str = "7d", since: datetime | None = None,
-               until: datetime | None = None, merge_aware: bool = True, where: str | None = None) -> str:
+               until: datetime | None = None, merge_aware: bool = True, where: str | None = None) -> Query:
     """Per variant: rows (variant, exposed, converted, mixed).
 
     A person's variant is that of their first ``experiment_viewed`` of the experiment (properties experiment_id,
     variation_id), first exposure in [since, until); converted: a ``conversion`` event from the first exposure
     up to ``window`` after it; mixed: persons who were also shown another variant (counted under their first)."""
-    window_ms = parse_duration_ms(window)
+    p = Params()
+    window_ms = p("window_ms", parse_duration_ms(window), "Int64")
     src = events_source(merge_aware)
-    variant = property_sql("variation_id")
-    exposures = _and("event = 'experiment_viewed'", f"{property_sql('experiment_id')} = {quote(experiment)}", where)
-    first_in_range = " AND ".join(time_range(since, until, "first_exposed")) or None
-    conversions = _and(f"event = {quote(conversion)}", where)
-    return (
+    variant = property_sql(p, "variation_id", "variant_property")
+    exposures = _and("event = 'experiment_viewed'", f"{property_sql(p, 'experiment_id', 'experiment_property')}"
+                     f" = {p('experiment', experiment, 'String')}", where)
+    first_in_range = " AND ".join(time_range(p, since, until, "first_exposed")) or None
+    conversions = _and(f"event = {p('conversion', conversion, 'String')}", where)
+    return p.query(
         f"WITH exposed AS ("
         f" SELECT oneid, argMin({variant}, ts) AS variant, min(ts) AS first_exposed,"
         f" uniqExact({variant}) > 1 AS mixed FROM {src} WHERE {exposures} GROUP BY oneid"
@@ -301,38 +306,47 @@ def _score(column: str, descending: bool = False) -> str:
 
 
 def rfm_persons_sql(as_of: datetime, period: str = "365d", conversion: str = "order_paid",
-                    merge_aware: bool = True, where: str | None = None, segment: str | None = None) -> str:
+                    merge_aware: bool = True, where: str | None = None, segment: str | None = None,
+                    params: Params | None = None) -> Query:
     """Per person with a ``conversion`` in [as_of - period, as_of): rows (oneid, recency_days, frequency,
     monetary, r, f, m, fm, segment). recency_days = calendar days (UTC) from the last one to as_of; frequency =
     how many; monetary = sum of properties.amount (rounded to cents). Higher scores are better (recent, often,
-    much). Scores rank persons against each other, so ``segment`` (only its persons) filters after scoring."""
-    since = datetime.fromtimestamp((_ms(as_of) - parse_duration_ms(period)) / 1000, UTC)
-    cond = _and(f"event = {quote(conversion)}", *time_range(since, as_of), where)
-    named = "multiIf(" + ", ".join(
-        f"r IN ({', '.join(map(str, rs))}) AND fm IN ({', '.join(map(str, fms))}), {quote(name)}"
-        for name, rs, fms in RFM_SEGMENTS) + ", '')"
+    much). Scores rank persons against each other, so ``segment`` (only its persons) filters after scoring.
+    ``params``: bind into these (a query that holds this one), else new ones."""
+    p = params if params is not None else Params()
+    as_of_ms = utc_ms(as_of)
+    as_of_sql = ms_time(p, "as_of", as_of_ms)
+    cond = _and(f"event = {p('conversion', conversion, 'String')}",
+                f"ts >= {ms_time(p, 'since', as_of_ms - parse_duration_ms(period))}", f"ts < {as_of_sql}", where)
+    # The segment's name by its index in one bound array (index 0, no cell: '').
+    names = p("segment_names", [name for name, _, _ in RFM_SEGMENTS], "Array(String)")
+    named = f"{names}[multiIf(" + ", ".join(
+        f"r IN ({', '.join(map(str, rs))}) AND fm IN ({', '.join(map(str, fms))}), {i}"
+        for i, (_, rs, fms) in enumerate(RFM_SEGMENTS, start=1)) + ", 0)]"
     sql = (
         f"SELECT oneid, recency_days, frequency, monetary, r, f, m, toUInt8(intDiv(f + m + 1, 2)) AS fm,"
         f" {named} AS segment FROM ("
         f" SELECT *, {_score('recency_days', descending=True)} AS r, {_score('frequency')} AS f,"
         f" {_score('monetary')} AS m FROM ("
-        f" SELECT oneid, dateDiff('day', toDate(max(ts)), toDate({ts_literal(as_of)})) AS recency_days,"
+        f" SELECT oneid, dateDiff('day', toDate(max(ts)), toDate({as_of_sql})) AS recency_days,"
         f" count() AS frequency, round(sum(JSONExtractFloat(properties, 'amount')), 2) AS monetary"
         f" FROM {events_source(merge_aware)} WHERE {cond} GROUP BY oneid))"
         f" ORDER BY r DESC, fm DESC, oneid"
     )
     if segment:
-        sql = f"SELECT * FROM ({sql}) WHERE segment = {quote(segment)} ORDER BY r DESC, fm DESC, oneid"
-    return sql
+        sql = (f"SELECT * FROM ({sql}) WHERE segment = {p('segment', segment, 'String')}"
+               f" ORDER BY r DESC, fm DESC, oneid")
+    return p.query(sql)
 
 
 def rfm_segments_sql(as_of: datetime, period: str = "365d", conversion: str = "order_paid",
-                     merge_aware: bool = True, where: str | None = None) -> str:
+                     merge_aware: bool = True, where: str | None = None) -> Query:
     """Segment sizes: rows (segment, persons, avg_recency_days, avg_frequency, avg_monetary, total_monetary)."""
-    return (
+    p = Params()
+    return p.query(
         f"SELECT segment, count() AS persons, avg(recency_days) AS avg_recency_days,"
         f" avg(frequency) AS avg_frequency, avg(monetary) AS avg_monetary, sum(monetary) AS total_monetary"
-        f" FROM ({rfm_persons_sql(as_of, period, conversion, merge_aware, where)})"
+        f" FROM ({rfm_persons_sql(as_of, period, conversion, merge_aware, where, params=p).sql})"
         f" GROUP BY segment ORDER BY persons DESC, segment"
     )
 
@@ -345,7 +359,7 @@ END, START = "(end)", "(start)"
 def paths_sql(event: str, steps: int = 3, top: int = 20, window: str = "1d", direction: str = "from",
               since: datetime | None = None, until: datetime | None = None,
               exclude: Sequence[str] = NON_BEHAVIOUR_EVENTS, collapse_repeats: bool = False,
-              merge_aware: bool = True, where: str | None = None) -> str:
+              merge_aware: bool = True, where: str | None = None) -> Query:
     """The most frequent sequences of the ``steps`` events after (``direction`` "from") or before ("to") each
     ``event`` in [since, until), the same person's, within ``window`` of it: rows (path, occurrences, persons),
     path an array of event names, oldest first, without the anchor event itself. A path shorter than ``steps``
@@ -355,29 +369,34 @@ def paths_sql(event: str, steps: int = 3, top: int = 20, window: str = "1d", dir
         raise ValueError("direction is from or to")
     if steps < 1:
         raise ValueError("steps must be at least 1")
+    p = Params()
     window_ms = parse_duration_ms(window)
+    window_sql = p("window_ms", window_ms, "Int64")
+    since_ms, until_ms = (utc_ms(since) if since else None), (utc_ms(until) if until else None)
     # Only events that can be a step of an anchor in range: the range widened by the window.
-    lo = datetime.fromtimestamp((_ms(since) - window_ms) / 1000, UTC) if since else None
-    hi = datetime.fromtimestamp((_ms(until) + window_ms) / 1000, UTC) if until else None
-    cond = _and(f"event NOT IN ({_names(exclude)})" if exclude else None, *time_range(lo, hi), where)
-    anchor = _and(f"evs[j].3 = {quote(event)}",
-                  f"evs[j].1 >= {_ms(since)}" if since else None, f"evs[j].1 < {_ms(until)}" if until else None)
+    cond = _and(f"event NOT IN {p('exclude', list(exclude), 'Array(String)')}" if exclude else None,
+                f"ts >= {ms_time(p, 'events_since', since_ms - window_ms)}" if since_ms is not None else None,
+                f"ts < {ms_time(p, 'events_until', until_ms + window_ms)}" if until_ms is not None else None, where)
+    anchor = _and(f"evs[j].3 = {p('event', event, 'String')}",
+                  f"evs[j].1 >= {p('since_ms', since_ms, 'Int64')}" if since_ms is not None else None,
+                  f"evs[j].1 < {p('until_ms', until_ms, 'Int64')}" if until_ms is not None else None)
+    n = p("steps", int(steps), "Int64")
     history = "arraySort(x -> (x.1, x.2), groupArray((toUnixTimestamp64Milli(ts), message_id, toString(event))))"
     if collapse_repeats:
         history = f"arrayFilter((x, i) -> i = 1 OR x.3 != h[i - 1].3, {history} AS h, arrayEnumerate(h))"
     if direction == "from":
-        near = f"arrayFilter(x -> x.1 - evs[j].1 <= {window_ms}, arraySlice(evs, j + 1, {int(steps)}))"
-        path = f"arrayConcat(arrayMap(x -> x.3, near), if(length(near) < {int(steps)}, [{quote(END)}], []))"
+        near = f"arrayFilter(x -> x.1 - evs[j].1 <= {window_sql}, arraySlice(evs, j + 1, {n}))"
+        path = f"arrayConcat(arrayMap(x -> x.3, near), if(length(near) < {n}, [{p('end', END, 'String')}], []))"
     else:
-        first = f"greatest(1, j - {int(steps)})"
-        near = f"arrayFilter(x -> evs[j].1 - x.1 <= {window_ms}, arraySlice(evs, {first}, j - {first}))"
-        path = f"arrayConcat(if(length(near) < {int(steps)}, [{quote(START)}], []), arrayMap(x -> x.3, near))"
-    return (
+        first = f"greatest(1, j - {n})"
+        near = f"arrayFilter(x -> evs[j].1 - x.1 <= {window_sql}, arraySlice(evs, {first}, j - {first}))"
+        path = f"arrayConcat(if(length(near) < {n}, [{p('start', START, 'String')}], []), arrayMap(x -> x.3, near))"
+    return p.query(
         f"SELECT path, count() AS occurrences, uniqExact(oneid) AS persons FROM ("
         f" SELECT oneid, {near} AS near, {path} AS path FROM ("
         f" SELECT oneid, {history} AS evs FROM {events_source(merge_aware)} WHERE {cond} GROUP BY oneid)"
         f" ARRAY JOIN arrayFilter(j -> {anchor}, arrayEnumerate(evs)) AS j)"
-        f" GROUP BY path ORDER BY occurrences DESC, path LIMIT {int(top)}"
+        f" GROUP BY path ORDER BY occurrences DESC, path LIMIT {p('top', int(top), 'UInt64')}"
     )
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from analytics.funnels import events_source, funnel_sql, funnel_table, retention_matrix, retention_sql, time_range
+from analytics.funnels import events_source, funnel_sql, funnel_table, retention_matrix, retention_sql
+from analytics.sql import Params, Query, time_range
 
 CHANNEL_COLOURS = {"sms": "#2b6cb0", "email": "#2f855a", "push": "#b7791f", "wechat": "#319795", "crm": "#805ad5",
                    "webhook": "#718096"}
@@ -41,8 +42,8 @@ class ReportData:
 FEEDBACK_OUTCOMES = {"delivered": "#2f855a", "failed": "#c53030", "bounced": "#dd6b20"}
 
 
-def _rows(run: Any, sql: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in run(sql).splitlines() if line.strip()]
+def _rows(run: Any, q: Query) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in run(q.sql, q.params).splitlines() if line.strip()]
 
 
 def _utc(t: datetime) -> str:
@@ -56,28 +57,31 @@ def _where(conditions: list[str]) -> str:
 def gather(run: Any, steps: list[str], window: str = "1d", period: str = "week", periods: int = 8,
            since: datetime | None = None, until: datetime | None = None, where: str | None = None,
            merge_aware: bool = True, actions_where: str | None = None) -> ReportData:
-    """Query everything the page shows. ``run(sql) -> JSONEachRow bytes`` (``ops.worker.query`` bound to
-    settings, or a sink's ``query``). ``since``/``until`` bound event time, action creation and feedback time;
-    ``where`` (SQL over cdp.events columns) narrows the events, ``actions_where`` (over cdp.actions columns) the
-    actions and their feedback."""
-    event_scope = time_range(since, until, "ts") + ([where] if where else [])
-    events_where = " AND ".join(f"({c})" for c in event_scope) or None
+    """Query everything the page shows. ``run(sql, parameters) -> JSONEachRow bytes`` (``ops.worker.query``
+    bound to settings, or a sink's ``query``; ``parameters`` bind the SQL's ``{name:Type}`` placeholders).
+    ``since``/``until`` bound event time, action creation and feedback time; ``where`` (SQL over cdp.events
+    columns, the analyst's own, taken as written) narrows the events, ``actions_where`` (over cdp.actions columns)
+    the actions and their feedback."""
     levels = {int(r["level"]): int(r["persons"])
               for r in _rows(run, funnel_sql(steps, window, since, until, merge_aware=merge_aware, where=where))}
     retention = [(str(r["cohort"])[:10], int(r["k"]), int(r["persons"])) for r in _rows(
-        run, retention_sql(period, periods, where=events_where, merge_aware=merge_aware))]
-    action_scope = time_range(since, until, "created_at") + ([actions_where] if actions_where else [])
-    actions = [(str(r["day"]), str(r["channel"]), int(r["actions"])) for r in _rows(run, (
+        run, retention_sql(period, periods, where=where, merge_aware=merge_aware, since=since, until=until))]
+    p = Params()
+    action_scope = time_range(p, since, until, "created_at") + ([actions_where] if actions_where else [])
+    actions = [(str(r["day"]), str(r["channel"]), int(r["actions"])) for r in _rows(run, p.query(
         "SELECT toString(toDate(created_at)) AS day, channel, count() AS actions FROM cdp.actions FINAL"
         f"{_where(action_scope)} GROUP BY day, channel ORDER BY day, channel"))]
-    feedback_scope = time_range(since, until, "at") + (
+    p = Params()
+    feedback_scope = time_range(p, since, until, "at") + (
         [f"action_id IN (SELECT action_id FROM cdp.actions WHERE {actions_where})"] if actions_where else [])
     # Actions per day and reported status (a sender may report a status twice: the action counts once).
-    feedback = [(str(r["day"]), str(r["status"]), int(r["actions"])) for r in _rows(run, (
+    feedback = [(str(r["day"]), str(r["status"]), int(r["actions"])) for r in _rows(run, p.query(
         "SELECT toString(toDate(at)) AS day, toString(status) AS status, uniqExact(action_id) AS actions"
         f" FROM cdp.action_feedback FINAL{_where(feedback_scope)} GROUP BY day, status ORDER BY day, status"))]
-    t = _rows(run, "SELECT count() AS events, uniqExact(oneid) AS persons, toString(min(ts)) AS first,"
-                   f" toString(max(ts)) AS last FROM {events_source(merge_aware)}{_where(event_scope)}")[0]
+    p = Params()
+    event_scope = time_range(p, since, until, "ts") + ([where] if where else [])
+    t = _rows(run, p.query("SELECT count() AS events, uniqExact(oneid) AS persons, toString(min(ts)) AS first,"
+                           f" toString(max(ts)) AS last FROM {events_source(merge_aware)}{_where(event_scope)}"))[0]
     totals = {"events": int(t["events"]), "persons": int(t["persons"]), "first": t["first"] if t["events"] else "",
               "last": t["last"] if t["events"] else "", "actions": sum(n for _, _, n in actions)}
     return ReportData(steps, window, funnel_table(steps, levels), period, periods, retention, actions, totals,
@@ -164,7 +168,7 @@ def _stacked_days_svg(per_day: list[tuple[str, str, int]], colours: dict[str, st
            f'<text x="{left - 6}" y="16" text-anchor="end" class="lbl">{top:,}</text>']
     for i, d in enumerate(days):
         x = left + i * bw
-        y = h - bottom
+        y: float = h - bottom
         for c in series:
             n = counts.get((d, c), 0)
             if not n:

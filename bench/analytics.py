@@ -14,7 +14,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from analytics.sql import Query
 
 STEPS = ["product_view", "add_to_cart", "checkout_start", "order_paid"]
 DAYS = 30
@@ -65,13 +68,13 @@ FROM numbers(intDiv({persons}, 1000))
 """
 
 
-def _timed(sink: Any, sql: str, repeats: int) -> tuple[float, float, int]:
+def _timed(sink: Any, q: Query, repeats: int) -> tuple[float, float, int]:
     """(first run, best run) in seconds and the rows returned."""
     times = []
     rows: list[tuple[Any, ...]] = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        rows = sink.rows(sql)
+        rows = sink.rows(q.sql, q.params)
         times.append(time.perf_counter() - t0)
     return round(times[0], 3), round(min(times), 3), len(rows)
 
@@ -101,8 +104,8 @@ def run(events: int, path: str, repeats: int = 2) -> dict[str, Any]:
             "retention_week": retention_sql("week", 4),
             "retention_week_no_merge": retention_sql("week", 4, merge_aware=False),
         }
-        for name, sql in queries.items():
-            first, best, n = _timed(sink, sql, repeats)
+        for name, q in queries.items():
+            first, best, n = _timed(sink, q, repeats)
             out[f"{name}_first_s"] = first
             out[f"{name}_s"] = best
             out[f"{name}_rows"] = n

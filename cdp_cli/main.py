@@ -139,12 +139,12 @@ def cmd_funnel(args: argparse.Namespace) -> int:
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
     modes = [m.strip() for arg in args.mode or [] for m in arg.split(",") if m.strip()]
     try:
-        sql = funnel_sql(steps, args.window, *_range(args), mode=modes, breakdown=args.breakdown,
-                         merge_aware=not args.no_merge)
+        q = funnel_sql(steps, args.window, *_range(args), mode=modes, breakdown=args.breakdown,
+                       merge_aware=not args.no_merge)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = query(Settings(), sql, "JSONEachRow")
+    out = query(Settings(), q.sql, "JSONEachRow", q.params)
     if args.breakdown is not None:
         tables = funnel_breakdown(steps, [(r["value"], int(r["level"]), int(r["persons"]))
                                           for r in map(orjson.loads, out.splitlines()) if r])
@@ -168,8 +168,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
     from analytics.funnels import format_retention, retention_sql
     from ops.worker import query
 
-    out = query(Settings(), retention_sql(args.period, args.periods, args.event, merge_aware=not args.no_merge),
-                "JSONEachRow")
+    q = retention_sql(args.period, args.periods, args.event, merge_aware=not args.no_merge)
+    out = query(Settings(), q.sql, "JSONEachRow", q.params)
     rows = [(r["cohort"], int(r["k"]), int(r["persons"])) for r in map(orjson.loads, out.splitlines()) if r]
     if args.json:
         print(orjson.dumps([{"cohort": c, "k": k, "persons": n} for c, k, n in rows]).decode())
@@ -178,14 +178,17 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _insight(args: argparse.Namespace, sql: str) -> list[dict] | None:
-    """Rows of an insight query as dicts, or None when ``--sql`` asked for the SQL only (printed here)."""
+def _insight(args: argparse.Namespace, q: Any) -> list[dict] | None:
+    """Rows of an insight query (an analytics.sql.Query) as dicts, or None when ``--sql`` asked for the SQL only
+    (printed here, its parameters written in)."""
     from ops.worker import query
 
     if args.sql:
-        print(sql)
+        from sinks.sql_text import inline_parameters
+
+        print(inline_parameters(q.sql, q.params))
         return None
-    out = query(Settings(), sql, "JSONEachRow")
+    out = query(Settings(), q.sql, "JSONEachRow", q.params)
     return [orjson.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -202,9 +205,9 @@ def _range(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
 def cmd_attribution(args: argparse.Namespace) -> int:
     from analytics.insights import ATTRIBUTION_COLUMNS, attribution_sql
 
-    sql = attribution_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
-                          by_campaign=args.by_campaign, visit_gap=args.visit_gap, merge_aware=not args.no_merge)
-    _show_by_channel(args, _insight(args, sql), ATTRIBUTION_COLUMNS)
+    q = attribution_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
+                        by_campaign=args.by_campaign, visit_gap=args.visit_gap, merge_aware=not args.no_merge)
+    _show_by_channel(args, _insight(args, q), ATTRIBUTION_COLUMNS)
     return 0
 
 
@@ -220,9 +223,9 @@ def _show_by_channel(args: argparse.Namespace, rows: Any, channel_columns: Any) 
 def cmd_roi(args: argparse.Namespace) -> int:
     from analytics.insights import ROI_COLUMNS, roi_sql
 
-    sql = roi_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
-                  by_campaign=args.by_campaign, merge_aware=not args.no_merge)
-    _show_by_channel(args, _insight(args, sql), ROI_COLUMNS)
+    q = roi_sql(args.model, args.conversion, args.lookback, args.half_life, *_range(args),
+                by_campaign=args.by_campaign, merge_aware=not args.no_merge)
+    _show_by_channel(args, _insight(args, q), ROI_COLUMNS)
     return 0
 
 
@@ -250,8 +253,8 @@ def cmd_costs_load(args: argparse.Namespace) -> int:
 def cmd_abtest(args: argparse.Namespace) -> int:
     from analytics.insights import ABTEST_COLUMNS, abtest_readout, abtest_sql
 
-    sql = abtest_sql(args.experiment, args.conversion, args.window, *_range(args), merge_aware=not args.no_merge)
-    rows = _insight(args, sql)
+    q = abtest_sql(args.experiment, args.conversion, args.window, *_range(args), merge_aware=not args.no_merge)
+    rows = _insight(args, q)
     if rows is None:
         return 0
     try:
@@ -281,12 +284,12 @@ def cmd_rfm(args: argparse.Namespace) -> int:
 
     as_of = _dt(args.as_of) if args.as_of else datetime.now(UTC)
     if args.persons or args.segment:
-        sql = rfm_persons_sql(as_of, args.period, args.conversion, not args.no_merge, segment=args.segment)
+        q = rfm_persons_sql(as_of, args.period, args.conversion, not args.no_merge, segment=args.segment)
         columns = RFM_PERSON_COLUMNS
     else:
-        sql = rfm_segments_sql(as_of, args.period, args.conversion, not args.no_merge)
+        q = rfm_segments_sql(as_of, args.period, args.conversion, not args.no_merge)
         columns = RFM_SEGMENT_COLUMNS
-    rows = _insight(args, sql)
+    rows = _insight(args, q)
     if rows is not None:
         _show(args, rows, columns)
     return 0
@@ -297,9 +300,9 @@ def cmd_paths(args: argparse.Namespace) -> int:
 
     event, direction = (args.from_event, "from") if args.from_event else (args.to_event, "to")
     exclude = [x.strip() for x in args.exclude.split(",") if x.strip()]
-    sql = paths_sql(event, args.steps, args.top, args.window, direction, *_range(args), exclude=exclude,
-                    collapse_repeats=args.collapse_repeats, merge_aware=not args.no_merge)
-    rows = _insight(args, sql)
+    q = paths_sql(event, args.steps, args.top, args.window, direction, *_range(args), exclude=exclude,
+                  collapse_repeats=args.collapse_repeats, merge_aware=not args.no_merge)
+    rows = _insight(args, q)
     if rows is None:
         return 0
     if not args.json:
@@ -430,8 +433,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     s = Settings()
     steps = [x.strip() for x in args.steps.split(",") if x.strip()]
     try:
-        data = gather(lambda sql: query(s, sql, "JSONEachRow", on_wait=_tell), steps, args.window, args.period,
-                      args.periods, *_range(args), args.where, merge_aware=not args.no_merge,
+        data = gather(lambda sql, params: query(s, sql, "JSONEachRow", params, on_wait=_tell), steps, args.window,
+                      args.period, args.periods, *_range(args), args.where, merge_aware=not args.no_merge,
                       actions_where=args.actions_where)
     except Exception as exc:  # a failed query is reported, not a traceback
         print(f"error: {exc}", file=sys.stderr)

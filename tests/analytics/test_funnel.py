@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from analytics.funnels import funnel_sql, funnel_table
+from analytics.sql import Query
 from core.envelope import decode_envelope, encode_envelopes
 from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
@@ -163,9 +164,9 @@ def loaded(chdb_sink) -> list[Row]:
     return parse(lines) + parse(handmade)
 
 
-def levels(chdb_sink, sql: str) -> dict[Any, int]:
+def levels(chdb_sink, q: Query) -> dict[Any, int]:
     got = {}
-    for row in chdb_sink.rows(sql):
+    for row in chdb_sink.rows(*q):
         *key, n = row
         got[tuple(key) if len(key) > 1 else int(key[0])] = int(n)
     got.pop(0, None)
@@ -242,14 +243,14 @@ def test_cli_funnel_modes_breakdown_and_no_merge(chdb_sink, merged, monkeypatch,
     from cdp_cli import main as cli
     from ops import worker as ops
 
-    monkeypatch.setattr(ops, "query", lambda settings, sql, fmt: chdb_sink.query(sql, fmt))
+    monkeypatch.setattr(ops, "query", lambda settings, sql, fmt, parameters=None: chdb_sink.query(sql, fmt, parameters))
     steps = ",".join(STEPS)
     assert cli.main(["funnel", "--steps", steps, "--window", "1d", "--mode", "strict_order,strict_increase",
                      "--breakdown", "category", "--no-merge", "--json"]) == 0
     rows = orjson.loads(capsys.readouterr().out)
-    sql = funnel_sql(STEPS, "1d", mode=["strict_order", "strict_increase"], breakdown="category", merge_aware=False)
+    q = funnel_sql(STEPS, "1d", mode=["strict_order", "strict_increase"], breakdown="category", merge_aware=False)
     want: dict[tuple[str, str], int] = {}
-    for value, level, n in chdb_sink.rows(sql):
+    for value, level, n in chdb_sink.rows(*q):
         for step in STEPS[:level]:
             want[(value or "(none)", step)] = want.get((value or "(none)", step), 0) + n
     assert {(r["breakdown"], r["step"]): r["persons"] for r in rows if r["persons"]} == want

@@ -20,7 +20,7 @@ from analytics import insights
 from cdp_cli.main import main
 from core.envelope import Entry, decode_envelope, encode_envelopes
 from core.ids import oneid_for
-from core.ingest import RawRecord, ingest_records
+from core.ingest import RawRecord, epoch_ms, ingest_records
 from core.rows import event_row
 from sinks.clickhouse import EVENT_COLUMNS
 from tests.analytics.identity_merges import MERGE_COLUMNS, merge_lines, resolver
@@ -163,7 +163,7 @@ def check_attribution(sink: Any, evs: list[Ev], resolve: dict[str, str]) -> dict
     results = {}
     conversions = sum(1 for e in evs if e.event == "order_paid")
     for model in insights.MODELS:
-        got = got_attribution(sink.rows(insights.attribution_sql(model, where=SCOPE)))
+        got = got_attribution(sink.rows(*insights.attribution_sql(model, where=SCOPE)))
         want = brute_attribution(evs, resolve, model)
         assert_close(got, want)
         # Every conversion is credited exactly once in total, whatever the model.
@@ -172,13 +172,13 @@ def check_attribution(sink: Any, evs: list[Ev], resolve: dict[str, str]) -> dict
     # Other parameters: a range (touchpoints before it still count), a short half-life, a short lookback,
     # by campaign, and no visit merging.
     since, until = END - timedelta(days=7), END - timedelta(days=1)
-    got = got_attribution(sink.rows(insights.attribution_sql(
+    got = got_attribution(sink.rows(*insights.attribution_sql(
         "time_decay", lookback="3d", half_life="12h", since=since, until=until, by_campaign=True, where=SCOPE)))
     want = brute_attribution(evs, resolve, "time_decay", lookback_ms=3 * DAY, half_life_ms=12 * HOUR,
-                             since=int(since.timestamp() * 1000), until=int(until.timestamp() * 1000),
+                             since=epoch_ms(since), until=epoch_ms(until),
                              by_campaign=True)
     assert_close(got, want)
-    got = got_attribution(sink.rows(insights.attribution_sql("linear", visit_gap="0s", where=SCOPE)))
+    got = got_attribution(sink.rows(*insights.attribution_sql("linear", visit_gap="0s", where=SCOPE)))
     assert_close(got, brute_attribution(evs, resolve, "linear", gap_ms=0))
     return results
 
@@ -191,7 +191,7 @@ def test_attribution_equals_brute_force_before_merges(chdb_sink, loaded):
     # Models do differ on this traffic (persons come back through several channels).
     assert results["first_click"] != last and results["linear"] != last
     # Without merge awareness the raw OneIDs are read: the same numbers before any merge.
-    raw = got_attribution(chdb_sink.rows(insights.attribution_sql("linear", merge_aware=False, where=SCOPE)))
+    raw = got_attribution(chdb_sink.rows(*insights.attribution_sql("linear", merge_aware=False, where=SCOPE)))
     assert_close(raw, brute_attribution(loaded, {}, "linear"))
 
 
@@ -201,7 +201,7 @@ def test_attribution_equals_brute_force_after_merges(chdb_sink, loaded, merges):
     # The merges matter: touchpoints of a person's anonymous visits and of persons joined to them now credit
     # conversions that had none.
     assert results["last_click"][("(direct)", "(none)")][0] < before[("(direct)", "(none)")][0]
-    raw = got_attribution(chdb_sink.rows(insights.attribution_sql("last_click", merge_aware=False, where=SCOPE)))
+    raw = got_attribution(chdb_sink.rows(*insights.attribution_sql("last_click", merge_aware=False, where=SCOPE)))
     assert_close(raw, before)
 
 
@@ -227,7 +227,7 @@ def test_attribution_models_on_a_known_journey(chdb_sink):
     scope = "message_id LIKE 'ins-known-%'"
 
     def credit(model: str) -> dict[str, float]:
-        rows = chdb_sink.rows(insights.attribution_sql(model, half_life="1d", where=scope))
+        rows = chdb_sink.rows(*insights.attribution_sql(model, half_life="1d", where=scope))
         return {r[0]: round(r[-1], 6) for r in rows}
 
     # The second order has no touchpoint within 30 days: direct.
@@ -268,8 +268,8 @@ def test_roi_equals_brute_force_with_loaded_costs(chdb_sink, loaded, merges, tmp
     for r in fixed:
         if since.date() <= date.fromisoformat(r["day"]) < until.date():
             costs[(r["source"], r["medium"])] += r["cost"]
-    attributed = brute_attribution(loaded, merges, "position_based", since=int(since.timestamp() * 1000),
-                                   until=int(until.timestamp() * 1000))
+    attributed = brute_attribution(loaded, merges, "position_based", since=epoch_ms(since),
+                                   until=epoch_ms(until))
     want = {}
     for key in set(costs) | set(attributed):
         conv, rev = attributed.get(key, [0.0, 0.0])
@@ -277,7 +277,7 @@ def test_roi_equals_brute_force_with_loaded_costs(chdb_sink, loaded, merges, tmp
         want[key] = (conv, rev, cost, (rev - cost) / cost if cost else None, rev / cost if cost else None)
 
     got = {(r[0], r[1]): r[2:] for r in chdb_sink.rows(
-        insights.roi_sql("position_based", since=since, until=until, where=SCOPE))}
+        *insights.roi_sql("position_based", since=since, until=until, where=SCOPE))}
     assert set(got) == set(want)
     for key, w in want.items():
         g = got[key]
@@ -323,7 +323,7 @@ def brute_abtest(evs: list[Ev], resolve: dict[str, str], window_ms: int) -> dict
 
 def check_abtest(sink: Any, evs: list[Ev], resolve: dict[str, str]) -> dict[str, tuple[int, int, int]]:
     for window, window_ms in (("7d", 7 * DAY), ("1h", HOUR)):
-        got = {v: (n, c, m) for v, n, c, m in sink.rows(insights.abtest_sql(EXPERIMENT_ID, window=window,
+        got = {v: (n, c, m) for v, n, c, m in sink.rows(*insights.abtest_sql(EXPERIMENT_ID, window=window,
                                                                              where=SCOPE))}
         assert got == brute_abtest(evs, resolve, window_ms), window
     return got
@@ -391,7 +391,7 @@ GRID = {
 
 
 def brute_rfm(evs: list[Ev], resolve: dict[str, str], as_of: datetime, period_ms: int) -> dict[str, tuple]:
-    end = int(as_of.timestamp() * 1000)
+    end = epoch_ms(as_of)
     orders: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for e in evs:
         if e.event == "order_paid" and end - period_ms <= e.ms < end:
@@ -418,10 +418,10 @@ def brute_rfm(evs: list[Ev], resolve: dict[str, str], as_of: datetime, period_ms
 def check_rfm(sink: Any, evs: list[Ev], resolve: dict[str, str]) -> None:
     as_of = END - timedelta(days=2, hours=5)
     got = {r[0]: (int(r[1]), int(r[2]), r[3], *map(int, r[4:8]), r[8])
-           for r in sink.rows(insights.rfm_persons_sql(as_of, "10d", where=SCOPE))}
+           for r in sink.rows(*insights.rfm_persons_sql(as_of, "10d", where=SCOPE))}
     want = brute_rfm(evs, resolve, as_of, 10 * DAY)
     assert got == want
-    sizes = {r[0]: int(r[1]) for r in sink.rows(insights.rfm_segments_sql(as_of, "10d", where=SCOPE))}
+    sizes = {r[0]: int(r[1]) for r in sink.rows(*insights.rfm_segments_sql(as_of, "10d", where=SCOPE))}
     want_sizes: dict[str, int] = defaultdict(int)
     for v in want.values():
         want_sizes[v[-1]] += 1
@@ -481,10 +481,10 @@ def test_paths_equal_brute_force(chdb_sink, loaded, event, steps, window, direct
     since, until = END - timedelta(days=9), END - timedelta(days=3)
     wanted = []
     for kw in ({}, {"since": since, "until": until}):  # all anchors; anchors in a range
-        sql = insights.paths_sql(event, steps, 100_000, window, direction, collapse_repeats=collapse,
-                                 where=SCOPE, **kw)
-        got = {tuple(path): (int(n), int(p)) for path, n, p in chdb_sink.rows(sql)}
-        ms = {k: int(v.timestamp() * 1000) for k, v in kw.items()}
+        q = insights.paths_sql(event, steps, 100_000, window, direction, collapse_repeats=collapse,
+                               where=SCOPE, **kw)
+        got = {tuple(path): (int(n), int(p)) for path, n, p in chdb_sink.rows(*q)}
+        ms = {k: epoch_ms(v) for k, v in kw.items()}
         want = brute_paths(loaded, {}, event, steps, window_ms, direction, insights.NON_BEHAVIOUR_EVENTS,
                            collapse, **ms)
         assert got == want
@@ -492,15 +492,15 @@ def test_paths_equal_brute_force(chdb_sink, loaded, event, steps, window, direct
         wanted.append(want)
     assert sum(n for n, _ in wanted[1].values()) < sum(n for n, _ in wanted[0].values())
     # Top K: the most frequent paths, most frequent first.
-    top = chdb_sink.rows(insights.paths_sql(event, steps, 5, window, direction, collapse_repeats=collapse,
-                                            where=SCOPE))
+    top = chdb_sink.rows(*insights.paths_sql(event, steps, 5, window, direction, collapse_repeats=collapse,
+                                             where=SCOPE))
     ranked = sorted(wanted[0].items(), key=lambda kv: (-kv[1][0], kv[0]))
     assert [(tuple(p), int(n)) for p, n, _ in top] == [(p, n) for p, (n, _) in ranked[:5]]
 
 
 def test_paths_equal_brute_force_after_merges(chdb_sink, loaded, merges):
-    sql = insights.paths_sql("add_to_cart", 3, 100_000, "1d", "from", where=SCOPE)
-    got = {tuple(path): (int(n), int(p)) for path, n, p in chdb_sink.rows(sql)}
+    q = insights.paths_sql("add_to_cart", 3, 100_000, "1d", "from", where=SCOPE)
+    got = {tuple(path): (int(n), int(p)) for path, n, p in chdb_sink.rows(*q)}
     assert got == brute_paths(loaded, merges, "add_to_cart", 3, DAY, "from", insights.NON_BEHAVIOUR_EVENTS, False)
 
 

@@ -102,8 +102,8 @@ def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
     chdb_sink.migrate()
     load(chdb_sink)
 
-    def run(sql: str) -> bytes:
-        return chdb_sink.query(sql, "JSONEachRow")
+    def run(sql: str, parameters: dict) -> bytes:
+        return chdb_sink.query(sql, "JSONEachRow", parameters)
 
     # Other tests share the database: the report is scoped to this test's events and actions.
     data = gather(run, STEPS, "1d", "week", 3, where=SCOPE, actions_where=ACTIONS_SCOPE)
@@ -114,7 +114,7 @@ def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
     assert page.stack == ["html"] or page.stack == []  # every element closed (html may be left to the end)
     assert page.urls == []
 
-    levels = {int(lvl): int(n) for lvl, n in chdb_sink.rows(funnel_sql(STEPS, "1d", where=SCOPE))}
+    levels = {int(lvl): int(n) for lvl, n in chdb_sink.rows(*funnel_sql(STEPS, "1d", where=SCOPE))}
     want_funnel = funnel_table(STEPS, levels)
     assert want_funnel[0][1] > want_funnel[-1][1] > 0
     funnel_cells, ret_cells, act_cells, feedback_cells = page.tables
@@ -122,7 +122,7 @@ def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
     for s, n, _, _ in want_funnel:
         assert any(t.startswith(f"{n:,}") for t in page.texts), s  # the bar's label
 
-    ret = [(str(c)[:10], int(k), int(n)) for c, k, n in chdb_sink.rows(retention_sql("week", 3, where=SCOPE))]
+    ret = [(str(c)[:10], int(k), int(n)) for c, k, n in chdb_sink.rows(*retention_sql("week", 3, where=SCOPE))]
     matrix = retention_matrix(ret, 3)
     assert len(ret_cells) - 1 == len(matrix) >= 3  # one heatmap row per cohort
     for (cohort, size, cells), row in zip(matrix, ret_cells[1:], strict=True):

@@ -66,7 +66,7 @@ CASES = [("week", 3, None), ("day", 10, None), ("day", 7, "order_paid")]
 
 def cohorts(chdb_sink, period: str, periods: int, event: str | None, merge_aware: bool) -> dict:
     return {(str(c)[:10], int(k)): int(n)
-            for c, k, n in chdb_sink.rows(retention_sql(period, periods, event, where=SCOPE,
+            for c, k, n in chdb_sink.rows(*retention_sql(period, periods, event, where=SCOPE,
                                                         merge_aware=merge_aware))}
 
 
