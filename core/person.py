@@ -18,7 +18,7 @@ from core.ids import action_id, oneid_for
 from core.rows import event_rows
 from rules.loader import RuleSet, TriggerRule
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 # messageId de-duplication: ids kept per person, and for how long (event time; CDP_DEDUPE_WINDOW_S).
 # Every event of a person is routed to one partition, so this is correct with any number of workers.
 DEDUPE_MAX_IDS = 1000
@@ -48,6 +48,9 @@ class PersonState:
     seen: dict[str, int] = field(default_factory=dict)  # message-id digest -> event time
     pending: dict[str, Pending] = field(default_factory=dict)  # rule id -> armed trigger
     fired: dict[str, int] = field(default_factory=dict)  # rule id -> event time it last fired
+    # contact type -> event time of the event that gave its value: a contact is the latest event's, however late
+    # an older one arrives (none for a contact a version 1 or 2 state holds: any event's value replaces it).
+    contacts_at: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def new(cls, key: str) -> PersonState:
@@ -59,13 +62,13 @@ class PersonState:
         return min(p.deadline for p in self.pending.values())
 
     def to_bytes(self) -> bytes:
-        # A JSON array in field order (version 2): a third cheaper to write than an object with named fields,
-        # and it is written for every person in every sink batch.
+        # A JSON array in field order (version 3; 2 had no contacts_at): a third cheaper to write than an object
+        # with named fields, and it is written for every person in every sink batch.
         return orjson.dumps([
             STATE_VERSION, self.oneid, self.key, self.n_events, self.first_ts, self.last_ts, self.counts,
             self.last_seen, self.contacts, self.seen,
             {r: (p.since, p.deadline, p.message_id) for r, p in self.pending.items()} if self.pending else {},
-            self.fired,
+            self.fired, self.contacts_at,
         ])
 
     @classmethod
@@ -74,9 +77,11 @@ class PersonState:
         if isinstance(d, dict):  # version 1: an object with named fields
             d = [1, d["oneid"], d["key"], d["n"], d["first"], d["last"], d["counts"], d["last_seen"],
                  d["contacts"], d["seen"], d["pending"], d["fired"]]
-        _, oneid, key, n, first, last, counts, last_seen, contacts, seen, pending, fired = d
+        if len(d) == 12:  # versions 1 and 2: no contacts_at
+            d.append({})
+        _, oneid, key, n, first, last, counts, last_seen, contacts, seen, pending, fired, contacts_at = d
         return cls(oneid, key, n, first, last, counts, last_seen, contacts, seen,
-                   {r: Pending(*p) for r, p in pending.items()} if pending else {}, fired)
+                   {r: Pending(*p) for r, p in pending.items()} if pending else {}, fired, contacts_at)
 
 
 @dataclass(slots=True)
@@ -134,7 +139,7 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
                 last_seen[name] = ts
             if en.needs_body:
                 ev = en.event
-                _update_contacts(state, ev.get("identities") or {}, ev.get("traits") or {})
+                _update_contacts(state, ev.get("identities") or {}, ev.get("traits") or {}, ts)
             rules_of_event = triggers.get(name)
             if rules_of_event:
                 for rule in rules_of_event:
@@ -197,11 +202,16 @@ def fold_entries(entries: Sequence[Entry], state_of: Callable[[str], PersonState
     return out
 
 
-def _update_contacts(state: PersonState, ids: dict[str, Any], traits: dict[str, Any]) -> None:
+def _update_contacts(state: PersonState, ids: dict[str, Any], traits: dict[str, Any], ts: int) -> None:
+    contacts, contacts_at = state.contacts, state.contacts_at
     for t in CONTACT_TYPES:
         v = ids.get(t) or traits.get(t)
         if isinstance(v, str) and v:
-            state.contacts[t] = v
+            at = contacts_at.get(t)
+            # The latest event's value (of two at one time, the greater), whatever order they arrive in.
+            if at is None or ts > at or (ts == at and v > contacts.get(t, "")):
+                contacts[t] = v
+                contacts_at[t] = ts
 
 
 def _trigger_on_event(state: PersonState, rule: TriggerRule, name: str, en: Entry, res: PersonResult) -> None:
