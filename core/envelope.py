@@ -148,7 +148,7 @@ def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int
     """One entry's three lines; ``event`` is the validated event's dict (or its JSON)."""
     ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
     # No digest of the messageId: the person stage computes it (0.5 µs per event taken off the ingest, the stage
-    # that sets the pipeline's pace: +5-11 % pipeline rate in alternating runs, session 7).
+    # that sets the pipeline's pace: +5-11 % pipeline rate in alternating runs).
     mid, name, needs_body = _meta_fields(ev)
     with_body = needs_body or bool(flags)
     # An event whose body travels has its anonymousId there; the meta carries it only for the others.

@@ -2,7 +2,7 @@
 
 Event rows are JSON arrays in ``EVENT_ROW_COLUMNS`` order (ClickHouse's JSONCompactEachRow): ClickHouse parses them
 for about 1 µs of CPU per row less than the same row as an object with named fields (JSONEachRow), and they are a
-third smaller to carry in envelopes (docs/performance.md, session 6). Action rows stay objects (few of them)."""
+third smaller to carry in envelopes (docs/performance.md). Action rows stay objects (few of them)."""
 
 from __future__ import annotations
 

@@ -226,7 +226,7 @@ def _wire_dict(raw: bytes) -> dict[str, Any] | None:
         return None
     d: dict[str, Any] = {"type": kind, "message_id": mid}
     # Padded text: ``Event`` strips it. Checked field by field as each is set: with ``gc=False`` on the struct,
-    # 2.73 -> 2.59 µs per event against a loop over the dict's values afterwards (session 7, bench events).
+    # 2.73 -> 2.59 µs per event against a loop over the dict's values afterwards (bench events).
     v = w.event
     if v:
         if v.strip() is not v:

@@ -75,7 +75,7 @@ _INSERT_SETTINGS = {"async_insert": 0, "date_time_input_format": "best_effort",
 
 # Embedded inserts of at least this many positional rows read LowCardinality columns as text (``_plain_input``):
 # the INSERT ... SELECT costs about 0.3-0.8 ms more per statement, and saves about 0.5 µs per row (measured in
-# alternating inserts, session 11: 20,000 rows 2.65 -> 2.12 µs per row, 5,000 rows 4.63 -> 4.12, 1,000 rows
+# alternating inserts: 20,000 rows 2.65 -> 2.12 µs per row, 5,000 rows 4.63 -> 4.12, 1,000 rows
 # 14.8 -> 15.2, 200 rows 21 -> 25).
 PLAIN_INPUT_MIN_ROWS = 2000
 # A top-level LowCardinality wrapper: ``LowCardinality(String)`` -> ``String``.
@@ -378,7 +378,7 @@ class ClickHouseSink:
         no column is LowCardinality. Parsing text straight into a LowCardinality column costs embedded ClickHouse
         about 0.16 µs per value, a quarter of the parse of an event row (4 such columns: 1.65 -> 1.0 µs per row
         into a Null table); read as String and converted per block, an event insert costs about 0.4 µs per row
-        less in inserts of 20,000 (2.94-2.98 against 3.34-3.36, session 11). Read from ``system.columns`` once per
+        less in inserts of 20,000 (2.94-2.98 against 3.34-3.36). Read from ``system.columns`` once per
         table and columns: a migration that changes them runs before a worker inserts."""
         key = (table, tuple(columns))
         if key not in self._structures:

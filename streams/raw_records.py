@@ -2,7 +2,7 @@
 
 aiokafka (pinned, 0.14.0) decodes a fetch's record batches in C, then wraps every record in a ``ConsumerRecord``
 dataclass of eleven fields through three Python frames per record: 0.9 µs per record against 0.27 for the C
-decoding with its CRC check (docs/performance.md, session 12). The ingest reads every raw event once and needs
+decoding with its CRC check (docs/performance.md). The ingest reads every raw event once and needs
 only the record's offset, timestamp, key, value and headers, with the topic and partition its batch is keyed by.
 
 A consumer opts in by passing a ``RawValues()`` as its ``value_deserializer``: its fetches then yield aiokafka's own

@@ -87,7 +87,7 @@ def test_accepted_events_are_stamped_with_their_receipt():
 
 def test_integers_past_64_bits_arrive_as_they_do_from_the_raw_topic_with_all_their_digits():
     # Sent through the collector or produced straight to the raw topic, the same event makes the same ClickHouse
-    # row (until session 11 the collector read 123456789012345678901234 as 1.2345678901234569e+23 and kept that).
+    # row (read as a float, 123456789012345678901234 would become 1.2345678901234569e+23).
     event = (b'{"type":"track","messageId":"m1","event":"Order Completed","userId":98765432109876543210987,'
              b'"timestamp":"2026-11-23T09:59:00Z","receivedAt":"2026-11-23T10:00:00Z",'
              b'"properties":{"order_no":123456789012345678901234,"lines":[{"sku":-12345678901234567890123}]}}')

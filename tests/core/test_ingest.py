@@ -95,8 +95,8 @@ def test_an_event_nested_too_deep_is_a_bad_row_and_the_events_around_it_go_on():
 
 
 def test_an_integer_past_64_bits_is_carried_with_all_its_digits():
-    # JSON allows integers of any size and so does the schema; orjson alone writes none past 64 bits (these were
-    # dead-lettered until session 11, and the collector kept them as floats).
+    # JSON allows integers of any size and so does the schema; orjson alone writes none past 64 bits (such an
+    # event must be carried, not dead-lettered, nor turned into a float).
     big = good(1, properties={"n": 1})[:-1].replace(b'"n":1}', b'"n":123456789012345678901234567890}') + b"}"
     traits = good(3, traits={"t": 1})[:-1].replace(b'"t":1}', b'"t":[-98765432109876543210]}') + b"}"
     res = ingest_records([rec(good(0), 0), rec(big, 1), rec(good(2), 2), rec(traits, 3)], RULES, 4, NOW)
