@@ -19,17 +19,11 @@ from aiokafka.errors import KafkaError
 
 from config.settings import Settings
 from core.clock import iso
-from core.collect import KINDS, MAX_REQUEST_BYTES, authorized, collect
+from core.collect import MAX_REQUEST_BYTES, collect, cors_headers, kind_of
 from streams import metrics
 from streams.kafka import client_kwargs
 
 log = logging.getLogger("cdp.collector")
-
-CORS = {
-    "Access-Control-Allow-Methods": "POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
-    "Access-Control-Max-Age": "86400",
-}
 
 
 class Collector:
@@ -58,20 +52,21 @@ class Collector:
             await self.producer.stop()
             self.producer = None
 
-    async def handle(self, method: str, kind: str, headers: Mapping[str, str],
+    async def handle(self, method: str, path: str, headers: Mapping[str, str],
                      body: bytes) -> tuple[int, bytes, dict[str, str]]:
-        """(status, JSON body, response headers) for one request; ``body`` already decompressed."""
-        cors = {**CORS, "Access-Control-Allow-Origin": headers.get("Origin", "*")}
+        """(status, JSON body, response headers) for one request to ``/v1/<path>``; ``body`` already decompressed."""
+        cors = cors_headers(headers.get("Origin"), headers.get("Access-Control-Request-Headers"))
         if method == "OPTIONS":
+            # Every /v1/ path says yes: the browser then sends the POST, and the SDK sees its real answer (a 404 it
+            # drops) instead of a CORS failure it would retry for ever.
             return 204, b"", cors
-        if kind not in KINDS:
-            return 404, orjson.dumps({"success": False, "error": f"no endpoint /v1/{kind}"}), cors
-        if not authorized(headers.get("Authorization"), self.write_keys):
+        kind = kind_of(path)
+        res = collect(path, body, iso(int(time.time() * 1000)), headers.get("Authorization"), self.write_keys)
+        if kind is None:
+            return res.status, orjson.dumps(res.response()), cors
+        if res.status == 401:
             metrics.collector_requests.labels(kind, "401").inc()
-            return 401, orjson.dumps({"success": False, "error": "missing or unknown write key"}), \
-                {**cors, "WWW-Authenticate": 'Basic realm="cdp"'}
-        # aiohttp has already inflated a gzip body, within the server's client_max_size.
-        res = collect(kind, body, iso(int(time.time() * 1000)))
+            return 401, orjson.dumps(res.response()), {**cors, "WWW-Authenticate": 'Basic realm="cdp"'}
         if res.records:
             size = sum(len(value) for _, value in res.records)
             # Alone, a request always goes (a limit below one request's size must not refuse it for ever).
@@ -105,22 +100,20 @@ def mount_on_faust(app: Any, collector: Collector) -> None:
     """The collector's endpoints on the worker's Faust web server."""
     from faust.web import Request, Response, View
 
-    for kind in sorted(KINDS):
-        def make(k: str) -> type[View]:
-            class CollectView(View):
-                async def post(self, request: Request) -> Response:
-                    return await self._answer("POST", request)
+    class CollectView(View):
+        async def post(self, request: Request, path: str) -> Response:
+            return await self._answer("POST", request, path)
 
-                async def options(self, request: Request) -> Response:
-                    return await self._answer("OPTIONS", request)
+        async def options(self, request: Request, path: str) -> Response:
+            return await self._answer("OPTIONS", request, path)
 
-                async def _answer(self, method: str, request: Request) -> Response:
-                    body = await request.read() if method == "POST" else b""
-                    status, out, headers = await collector.handle(method, k, request.headers, body)
-                    return self.bytes(out, content_type="application/json", status=status, headers=headers)
-            CollectView.__name__ = f"Collect_{k}"
-            return CollectView
-        app.page(f"/v1/{kind}")(make(kind))
+        async def _answer(self, method: str, request: Request, path: str) -> Response:
+            body = await request.read() if method == "POST" else b""
+            status, out, headers = await collector.handle(method, path, request.headers, body)
+            return self.bytes(out, content_type="application/json", status=status, headers=headers)
+
+    # One route for every path: core.collect.PATHS says which are endpoints, here as in `cdp collector`.
+    app.page("/v1/{path}")(CollectView)
 
 
 async def run_standalone(settings: Settings) -> None:
@@ -131,7 +124,7 @@ async def run_standalone(settings: Settings) -> None:
 
     async def endpoint(request: web.Request) -> web.Response:
         body = await request.read() if request.method == "POST" else b""
-        status, out, headers = await collector.handle(request.method, request.match_info["kind"],
+        status, out, headers = await collector.handle(request.method, request.match_info["path"],
                                                       request.headers, body)
         return web.Response(body=out, status=status, headers=headers, content_type="application/json")
 
@@ -139,8 +132,8 @@ async def run_standalone(settings: Settings) -> None:
         return web.json_response({"status": "ok", "role": "collector", "raw_topic": settings.raw_topic})
 
     app = web.Application(client_max_size=2 * MAX_REQUEST_BYTES)
-    app.router.add_route("POST", "/v1/{kind}", endpoint)
-    app.router.add_route("OPTIONS", "/v1/{kind}", endpoint)
+    app.router.add_route("POST", "/v1/{path}", endpoint)
+    app.router.add_route("OPTIONS", "/v1/{path}", endpoint)
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app)
     await runner.setup()
