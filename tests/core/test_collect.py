@@ -5,9 +5,21 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.collect import MAX_EVENT_BYTES, MAX_REQUEST_BYTES, authorized, collect, write_key_of
+from core.collect import (
+    CORS_HEADERS,
+    MAX_EVENT_BYTES,
+    MAX_REQUEST_BYTES,
+    PATHS,
+    authorized,
+    body_write_key,
+    collect,
+    cors_headers,
+    kind_of,
+    write_key_of,
+)
 from core.envelope import decode_entry
 from core.ingest import RawRecord, ingest_records
+from schemas.events import EventType
 from tests.core.helpers import RULES
 
 
@@ -21,6 +33,64 @@ def test_write_key_auth_like_segment_sdks():
     assert not authorized(basic("nope"), ["wk1"])
     assert not authorized(None, ["wk1"]) and not authorized("Basic !!!", ["wk1"])
     assert authorized(None, [])  # no keys configured: an open collector (local development)
+
+
+def test_segments_one_letter_paths_are_the_same_endpoints_as_the_long_ones():
+    # analytics-next posts to /v1/<first letter of the type>, and its batching strategy to /v1/b.
+    assert {k: v for k, v in PATHS.items() if len(k) == 1} == {
+        "t": "track", "i": "identify", "p": "page", "s": "screen", "a": "alias", "g": "group", "b": "batch"}
+    assert set(PATHS.values()) == {t.value for t in EventType} | {"batch"}
+    assert all(kind_of(k) == k for k in PATHS.values())
+    assert kind_of("x") is None and kind_of("") is None and kind_of("Track") is None
+    res = collect("p", orjson.dumps({"messageId": "m1", "name": "Home", "anonymousId": "a1"}))
+    assert res.status == 200 and orjson.loads(res.records[0][1])["type"] == "page"
+    res = collect("b", orjson.dumps({"batch": [{"type": "track", "messageId": "m2", "event": "e", "userId": "u"}]}))
+    assert res.status == 200 and len(res.records) == 1
+    assert collect("x", b"{}").status == 404
+
+
+def test_the_write_key_in_the_body_admits_a_request_as_basic_auth_does_and_is_never_published():
+    keys = ["wk0", "wk1"]
+    # What analytics-next sends one by one (also as text/plain, or by sendBeacon, without an Authorization header).
+    single = {"messageId": "m1", "type": "track", "event": "e", "userId": "u", "writeKey": "wk1"}
+    res = collect("t", orjson.dumps(single), write_keys=keys)
+    assert res.status == 200 and b"writeKey" not in res.records[0][1] and b"wk1" not in res.records[0][1]
+    # Its batching strategy: the key atop the batch and in every event.
+    batch = {"writeKey": "wk1", "batch": [{**single, "messageId": f"m{i}"} for i in range(3)],
+             "sentAt": "2026-11-20T10:00:00Z"}
+    res = collect("b", orjson.dumps(batch), write_keys=keys)
+    assert res.status == 200 and len(res.records) == 3 and all(b"writeKey" not in v for _, v in res.records)
+    assert body_write_key({"batch": [{"writeKey": "wk0"}]}) == "wk0"  # only in the events
+    assert body_write_key({"writeKey": 5}) is None and body_write_key([1]) is None
+    assert authorized(None, keys, "wk0") and not authorized(None, keys, "nope")
+    # A wrong or missing key is refused, whatever else the request holds.
+    assert collect("t", orjson.dumps({**single, "writeKey": "nope"}), write_keys=keys).status == 401
+    keyless = {k: v for k, v in single.items() if k != "writeKey"}
+    assert collect("t", orjson.dumps(keyless), write_keys=keys).status == 401
+    assert collect("t", orjson.dumps(single), authorization=basic("nope"), write_keys=keys).status == 401
+    assert collect("t", orjson.dumps({**single, "writeKey": "nope"}), authorization=basic("wk0"),
+                   write_keys=keys).status == 200  # basic auth, when sent, is the key
+    # A body with no key to be found is refused without telling what is wrong with it; with a key, it is told.
+    assert collect("t", b"{nope", write_keys=keys).status == 401
+    assert collect("t", b"{nope", authorization=basic("wk0"), write_keys=keys).status == 400
+    assert collect("t", b"[]", write_keys=keys).status == 401
+    # No keys configured: open, and a body's key is still not published.
+    res = collect("t", orjson.dumps(single))
+    assert res.status == 200 and b"writeKey" not in res.records[0][1]
+
+
+def test_cors_echoes_the_origin_and_allows_every_header_segments_sdks_send():
+    h = cors_headers("https://shop.example", "authorization, content-type, x-retry-count")
+    assert h["Access-Control-Allow-Origin"] == "https://shop.example"
+    allowed = {x.strip().lower() for x in h["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type", "content-encoding", "x-retry-count"} <= allowed
+    assert {"Origin", "Access-Control-Request-Headers"} <= {x.strip() for x in h["Vary"].split(",")}
+    assert "POST" in h["Access-Control-Allow-Methods"] and "OPTIONS" in h["Access-Control-Allow-Methods"]
+    # Segment's own headers are allowed before any preflight asks; other names asked for are echoed once each.
+    assert cors_headers(None)["Access-Control-Allow-Headers"] == ", ".join(CORS_HEADERS)
+    assert cors_headers(None)["Access-Control-Allow-Origin"] == "*"
+    echoed = cors_headers("https://a.example", "X-Custom, x-custom, Authorization, bad name, a\r\nb:c")
+    assert echoed["Access-Control-Allow-Headers"] == ", ".join([*CORS_HEADERS, "X-Custom"])
 
 
 def test_single_call_takes_its_type_from_the_endpoint():
@@ -118,8 +188,14 @@ _bodies = st.one_of(_items, _values, st.fixed_dictionaries(
 
 
 @settings(max_examples=300)
-@given(_bodies, st.sampled_from(["track", "batch", "identify", "page", "alias", "group", "screen"]), st.binary())
-def test_any_body_gets_an_answer_never_a_server_error(body, kind, junk):
+@given(_bodies, st.sampled_from(sorted(PATHS)), st.binary(), st.sampled_from([None, "wk", "nope"]),
+       st.one_of(st.none(), st.text(max_size=8), st.just(basic("wk"))))
+def test_any_body_gets_an_answer_never_a_server_error(body, path, junk, body_key, authorization):
+    if body_key is not None and isinstance(body, dict):
+        body = {**body, "writeKey": body_key}
     # json, not orjson: it writes integers of any size (and Infinity), which clients may send too.
     for raw in (json.dumps(body).encode(), junk):
-        assert collect(kind, raw, "2026-11-23T00:00:00Z").status in (200, 400, 413)
+        assert collect(path, raw, "2026-11-23T00:00:00Z").status in (200, 400, 413)
+        res = collect(path, raw, "2026-11-23T00:00:00Z", authorization, ["wk"])
+        assert res.status in (200, 400, 401, 413)
+        assert all(b'"writeKey"' not in value for _, value in res.records)
