@@ -30,6 +30,7 @@ $(NATIVE): $(STAMP) $(wildcard core/*.py) deploy/local/build_native.py
 
 setup: $(STAMP) $(NATIVE) ## create .venv, install the project (again only when pyproject.toml changed), compile the core
 	@$(KAFKA) fetch
+	@bash deploy/local/browser.sh
 
 up: setup ## start the local Kafka broker (KRaft, 127.0.0.1:9092); a no-op when it runs
 	@if [ -n "$(LOCAL_KAFKA)" ]; then $(KAFKA) up; else echo "using Kafka at $(CDP_KAFKA_BOOTSTRAP)"; fi
