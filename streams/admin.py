@@ -65,7 +65,11 @@ def cost_lines(rows: Any, updated_at: datetime | None = None) -> list[bytes]:
 
 def insert_costs(sink: ClickHouseSink, rows: Any, updated_at: datetime | None = None) -> int:
     """Insert cost rows; the number inserted."""
-    lines = cost_lines(rows, updated_at)
+    return insert_cost_lines(sink, cost_lines(rows, updated_at))
+
+
+def insert_cost_lines(sink: ClickHouseSink, lines: list[bytes]) -> int:
+    """Insert ``cost_lines``' lines into ``cdp.channel_costs``."""
     return sink.insert_json(COST_TABLE, lines, [*COST_COLUMNS, "updated_at"])
 
 
@@ -126,8 +130,7 @@ def admin_app(sink: ClickHouseSink | None, token: str) -> web.Application:
         except ValueError as exc:
             return _error(str(exc), 400)
         try:
-            n = await asyncio.get_running_loop().run_in_executor(
-                None, sink.insert_json, COST_TABLE, lines, [*COST_COLUMNS, "updated_at"])
+            n = await asyncio.get_running_loop().run_in_executor(None, insert_cost_lines, sink, lines)
         except Exception as exc:
             return _error(error_line(exc), 400)
         return web.json_response({"loaded": n})

@@ -37,7 +37,7 @@ from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
 from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS, ClickHouseSink
 from streams import metrics
-from streams.sink_writer import SinkWriter, rejected_bad_row, row_value
+from streams.sink_writer import SinkWriter, rejected_bad_row, row_fields
 
 log = logging.getLogger("cdp.persons")
 
@@ -388,15 +388,17 @@ class PersonStage:
         # share the events table's sorting key (oneid, ts, message_id).
         for r in await self.writer.insert("events", fx.event_lines, EVENT_COLUMNS, f"{fx.token}:events",
                                           unique_keys=True, compact=True):
-            oneid = row_value(r.line, EVENT_COLUMNS, "oneid")
-            partition, offset = (row_value(r.line, EVENT_COLUMNS, c) for c in ("raw_partition", "raw_offset"))
+            row = row_fields(r.line, EVENT_COLUMNS)
+            oneid = row.get("oneid")
             out.append(rejected_bad_row(r, "events", now_ms, oneid.encode() if isinstance(oneid, str) else None,
-                                        topic=self.raw_topic, partition=partition, offset=offset))
+                                        topic=self.raw_topic, partition=row.get("raw_partition"),
+                                        offset=row.get("raw_offset")))
         action_lines = [action_row(a) for _, _, a in fx.actions]
         for r in await self.writer.insert("actions", action_lines, ACTION_COLUMNS, f"{fx.token}:actions"):
-            oneid = row_value(r.line, ACTION_COLUMNS, "oneid")
+            row = row_fields(r.line, ACTION_COLUMNS)
+            oneid = row.get("oneid")
             out.append(rejected_bad_row(r, "actions", now_ms, oneid.encode() if isinstance(oneid, str) else None,
-                                        action_id=row_value(r.line, ACTION_COLUMNS, "action_id")))
+                                        action_id=row.get("action_id")))
         return out
 
     def _count_dropped(self, dropped: list) -> None:

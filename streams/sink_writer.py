@@ -95,9 +95,7 @@ class SinkWriter:
                         unknown_left -= 1
                     log.warning("ClickHouse insert into %s failed (%s), retrying in %.1fs: %r", table, kind.value,
                                 delay, exc)
-                    metrics.sink_retries.labels(table, kind.value).inc()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.max_delay)
+                    delay = await self._wait(table, kind, delay)
                     parts.appendleft(part)
                 elif part.hi - part.lo > 1:
                     mid = (part.lo + part.hi) // 2
@@ -113,14 +111,18 @@ class SinkWriter:
                         # Nothing else of the batch to try: no row goes in, which may be an outage.
                         log.error("ClickHouse insert into %s keeps failing (%r): retrying in %.1fs", table, exc,
                                   delay)
-                        metrics.sink_retries.labels(table, kind.value).inc()
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, self.max_delay)
+                        delay = await self._wait(table, kind, delay)
                     parts.append(_Part(part.lo, part.hi, went_in if part.held_at is None else part.held_at))
             else:
                 went_in += 1
                 delay = self.base_delay
         return rejected
+
+    async def _wait(self, table: str, kind: Failure, delay: float) -> float:
+        """Count a retry, wait ``delay``; the next wait (doubled, at most ``max_delay``)."""
+        metrics.sink_retries.labels(table, kind.value).inc()
+        await asyncio.sleep(delay)
+        return min(delay * 2, self.max_delay)
 
     async def _insert(self, table: str, lines: list[bytes], columns: list[str], token: str,
                       options: dict[str, Any]) -> None:
@@ -142,15 +144,14 @@ def rejected_bad_row(r: Rejected, table: str, now_ms: int, key: bytes | None = N
                           source={"table": table, "insert": r.token, **source})
 
 
-def row_value(line: bytes, columns: list[str], name: str) -> Any:
-    """A field of a JSON row (an array in ``columns``' order, or an object), or None when it cannot be read (a
-    refused row may be malformed)."""
+def row_fields(line: bytes, columns: list[str]) -> dict[str, Any]:
+    """The fields of a JSON row (an array in ``columns``' order, or an object) by name; empty when it cannot be
+    read (a refused row may be malformed)."""
     try:
         row = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return None
+        return {}
     if isinstance(row, list):
-        i = columns.index(name) if name in columns else -1
-        return row[i] if 0 <= i < len(row) else None
-    return row.get(name) if isinstance(row, dict) else None
+        return dict(zip(columns, row, strict=False))
+    return row if isinstance(row, dict) else {}
 

@@ -251,22 +251,33 @@ CALLS = [
 ]
 
 
-def test_events_sent_one_by_one_reach_clickhouse_once_through_the_short_paths(deployment):
-    deployment.env["CDP_WRITE_KEYS"] = f"wk-other,{WRITE_KEY}"
+def send_through_a_worker(deployment: Deployment, calls: list[list[Any]], answered: int,
+                          delivery: dict[str, Any] | None = None,
+                          then: tuple[Callable[[Page], bool], str] | None = None
+                          ) -> tuple[list[str], Page, dict[str, tuple[int, str, str]]]:
+    """A worker, the page pointed at it and ``calls`` sent: waits until ``answered`` posts got 200 (and ``then``),
+    then until the pipeline has sunk them. The messageIds the SDK sent, the page, and what landed in cdp.events."""
     with deployment.worker() as w:
         w.start()
 
         async def scenario() -> tuple[list[str], Page]:
-            async with shop_page(w.url) as page:
-                await page.js(f"window.send({orjson.dumps(CALLS).decode()})")
-                await wait_until(lambda: sum(r.status == 200 for r in page.posts()) == len(CALLS),
-                                 "every call answered 200", page)
-                ids = await sent_ids(page, len(CALLS))
+            async with shop_page(w.url, delivery) as page:
+                await page.js(f"window.send({orjson.dumps(calls).decode()})")
+                await wait_until(lambda: sum(r.status == 200 for r in page.posts()) == answered,
+                                 f"{answered} requests answered 200", page)
+                if then is not None:
+                    await wait_until(lambda: then[0](page), then[1], page)
+                ids = await sent_ids(page, len(calls))
                 await wait_processed(deployment.settings, timeout_s=120)
                 return ids, page
 
         ids, page = run(scenario())
-        got = landed(deployment)
+        return ids, page, landed(deployment)
+
+
+def test_events_sent_one_by_one_reach_clickhouse_once_through_the_short_paths(deployment):
+    deployment.env["CDP_WRITE_KEYS"] = f"wk-other,{WRITE_KEY}"
+    ids, page, got = send_through_a_worker(deployment, CALLS, answered=len(CALLS))
     assert_cors_passed(page)
     assert sorted(r.path for r in page.posts()) == ["/v1/a", "/v1/g", "/v1/i", "/v1/p", "/v1/t"]
     assert all(r.headers.get("Content-Type") == "text/plain" for r in page.posts())
@@ -281,21 +292,9 @@ def test_events_sent_one_by_one_reach_clickhouse_once_through_the_short_paths(de
 def test_the_batching_delivery_strategy_reaches_clickhouse_once(deployment):
     deployment.env["CDP_WRITE_KEYS"] = WRITE_KEY
     calls = [["track", "Product Viewed", {"sku": f"S-{i}"}] for i in range(7)]
-    with deployment.worker() as w:
-        w.start()
-
-        async def scenario() -> tuple[list[str], Page]:
-            async with shop_page(w.url, {"strategy": "batching", "config": {"size": 4, "timeout": 300}}) as page:
-                await page.js(f"window.send({orjson.dumps(calls).decode()})")
-                await wait_until(lambda: sum(r.status == 200 for r in page.posts()) == 2,
-                                 "two batches answered 200", page)
-                await wait_until(lambda: len(page.posts()) == 2, "no third request", page)
-                ids = await sent_ids(page, len(calls))
-                await wait_processed(deployment.settings, timeout_s=120)
-                return ids, page
-
-        ids, page = run(scenario())
-        got = landed(deployment)
+    ids, page, got = send_through_a_worker(
+        deployment, calls, answered=2, delivery={"strategy": "batching", "config": {"size": 4, "timeout": 300}},
+        then=(lambda page: len(page.posts()) == 2, "no third request"))
     assert_cors_passed(page)
     assert [r.path for r in page.posts()] == ["/v1/b", "/v1/b"]
     assert len(ids) == len(calls) and set(got) == set(ids), (ids, got)
