@@ -49,6 +49,11 @@ INGEST_STALL_RETRY_MAX_S = 30.0
 UNREADABLE = (UnsupportedCodecError, CorruptRecordException)
 
 
+def _backoff_s(tries: int, first_s: float, most_s: float) -> float:
+    """The wait after the ``tries``-th failure in a row: ``first_s``, twice as long each time, at most ``most_s``."""
+    return min(first_s * 2 ** (tries - 1), most_s)
+
+
 def _unreadable_kind(exc: BaseException) -> str:
     return "unsupported_codec" if isinstance(exc, UnsupportedCodecError) else "corrupt_batch"
 
@@ -213,9 +218,9 @@ class Ingest:
         f.tries += 1
         f.error, f.last_mono = repr(exc), now
         if kind == "kafka":
-            delay = min(INGEST_RETRY_MIN_S * 2 ** (f.tries - 1), INGEST_RETRY_MAX_S)
+            delay = _backoff_s(f.tries, INGEST_RETRY_MIN_S, INGEST_RETRY_MAX_S)
         else:
-            delay = min(INGEST_STALL_RETRY_MIN_S * 2 ** (f.tries - 1), INGEST_STALL_RETRY_MAX_S)
+            delay = _backoff_s(f.tries, INGEST_STALL_RETRY_MIN_S, INGEST_STALL_RETRY_MAX_S)
         metrics.ingest_failures.labels(kind).inc()
         metrics.ingest_failing.set(1)
         log.warning("ingest: %s (%d in a row, for %.0f s), re-reading from the last commit in %.0f s: %r",
@@ -253,7 +258,7 @@ class Ingest:
             if st is not None and st.offset == offset:
                 st.tries += 1
                 st.error = repr(exc)
-                delay = min(INGEST_STALL_RETRY_MIN_S * 2 ** (st.tries - 1), INGEST_STALL_RETRY_MAX_S)
+                delay = _backoff_s(st.tries, INGEST_STALL_RETRY_MIN_S, INGEST_STALL_RETRY_MAX_S)
                 st.retry_at, st.paused = now + delay, True
                 log.warning("ingest: %s partition %d still cannot be read at offset %d (%d tries since %s), next "
                             "try in %.0f s: %r", tp.topic, tp.partition, offset, st.tries,
