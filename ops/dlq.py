@@ -19,11 +19,9 @@ from pydantic import ValidationError
 
 from config.settings import Settings
 from ops.topics import ReadPosition, topic_batches
-from schemas.bad_rows import NOT_EVENTS, BadRow
+from schemas.bad_rows import NOT_EVENTS, REASON_HEADER, STAGE_HEADER, BadRow
 from streams.kafka import client_kwargs
 
-STAGE_HEADER = "cdp-error-stage"
-REASON_HEADER = "cdp-error-reason"
 SKIPPED_LISTED = 100  # unreadable rows reported by place; past that only counted (a DLQ can be all junk)
 
 

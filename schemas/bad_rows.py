@@ -26,6 +26,11 @@ class Stage(StrEnum):
     sink = "sink"  # processed, but ClickHouse refused its row (the payload is the row)
 
 
+# The Kafka headers of a bad row: its stage and reason, readable without decoding the row (`cdp dlq stats`).
+STAGE_HEADER = "cdp-error-stage"
+REASON_HEADER = "cdp-error-reason"
+
+
 class BadRow(BaseModel):
     schema_version: int = BAD_ROW_SCHEMA_VERSION
     stage: Stage
@@ -60,4 +65,4 @@ class BadRow(BaseModel):
         return self.payload.encode("utf-8")
 
     def kafka_headers(self) -> list[tuple[str, bytes]]:
-        return [("cdp-error-stage", self.stage.value.encode()), ("cdp-error-reason", self.reason.encode())]
+        return [(STAGE_HEADER, self.stage.value.encode()), (REASON_HEADER, self.reason.encode())]
