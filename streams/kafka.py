@@ -108,6 +108,11 @@ def _leaderless(described: list[dict[str, Any]], names: list[str]) -> list[str]:
     return [n for n in names if n not in ready]
 
 
+def _some(names: list[str]) -> str:
+    """The first three names, for a message."""
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+
 async def _wait_for_leaders(s: Settings, admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     waiting = names
@@ -119,7 +124,7 @@ async def _wait_for_leaders(s: Settings, admin: AIOKafkaAdminClient, names: list
         if not waiting:
             break
         if time.monotonic() > deadline:
-            raise TopicSetupError(f"partitions of {', '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''} "
+            raise TopicSetupError(f"partitions of {_some(waiting)} "
                                   f"have no leader {timeout_s:g} s after the topics were created")
         await asyncio.sleep(0.05)
     # The metadata names a leader a moment before that broker serves the partition (KRaft brokers publish the
@@ -131,7 +136,7 @@ async def _wait_for_leaders(s: Settings, admin: AIOKafkaAdminClient, names: list
     try:
         await c.end_offsets([TopicPartition(n, p) for n in names for p in described[n]])
     except KafkaTimeoutError:
-        raise TopicSetupError(f"partitions of {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} are not "
+        raise TopicSetupError(f"partitions of {_some(names)} are not "
                               f"served by their leaders {timeout_s:g} s after the topics were created") from None
     finally:
         await c.stop()
