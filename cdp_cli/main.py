@@ -33,20 +33,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from sinks.clickhouse import ClickHouseSink, chdb_holder, chdb_path, migrations
+    from ops.worker import ClickHouseUnavailable, migrate
+    from sinks.clickhouse import migrations
 
     s = Settings()
-    path = chdb_path(s.clickhouse_url)
-    holder = chdb_holder(path) if path is not None else None
-    if holder is not None:  # a running worker migrates at its start: nothing to do while it holds the path
-        print(f"error: {s.clickhouse_url} is held by another process (pid {holder[0]}: {holder[1][:80]}); a worker "
-              "applies the migrations when it starts, or stop it and run `cdp migrate` again", file=sys.stderr)
-        return 1
-    sink = ClickHouseSink(s.clickhouse_url)
     try:
-        applied = sink.migrate()
-    finally:
-        sink.close()
+        applied = migrate(s)
+    except ClickHouseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for m in applied:
         print(f"applied {m.version:04d}_{m.name}")
     print(f"{s.clickhouse_url}: schema at version {migrations()[-1].version:04d}"

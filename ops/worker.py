@@ -20,7 +20,7 @@ from config.settings import Settings
 from sinks.clickhouse import chdb_holder, chdb_path, error_line
 
 if TYPE_CHECKING:
-    from sinks.clickhouse import ClickHouseSink
+    from sinks.clickhouse import ClickHouseSink, Migration
 
 T = TypeVar("T")
 
@@ -155,8 +155,7 @@ def _holder_worker(s: Settings, on_wait: Callable[[str], None] | None, deadline:
         if not worker:
             if _is_cdp(cmd):  # another cdp command (sql, migrate, report): it holds the path for a few seconds
                 return None  # and opening waits for it (sinks.clickhouse.CHDB_OPEN_WAIT_S)
-            raise ClickHouseUnavailable(f"{path} is held by another process (pid {pid}: {cmd}): stop it, or point "
-                                        "CDP_CLICKHOUSE_URL at another path")
+            raise ClickHouseUnavailable(_held_by_another(path, pid, cmd))
         if isinstance(worker, dict) and worker.get("admin_url") is None:
             raise ClickHouseUnavailable(f"the worker (pid {pid}) holds {path} but serves no admin endpoint "
                                         "(see its log: CDP_ADMIN_HOST, CDP_ADMIN_PORT)")
@@ -167,6 +166,32 @@ def _holder_worker(s: Settings, on_wait: Callable[[str], None] | None, deadline:
             on_wait(f"waiting for the worker (pid {pid}) that holds {path}: it is starting")
             told = True
         time.sleep(0.3)
+
+
+def _held_by_another(path: Path, pid: int, cmd: str) -> str:
+    return f"{path} is held by another process (pid {pid}: {cmd}): stop it, or point CDP_CLICKHOUSE_URL at another path"
+
+
+def migrate(s: Settings) -> list[Migration]:
+    """Apply the ClickHouse migrations not applied yet, here; the ones applied. A worker holding the embedded
+    engine applied them at its start (ClickHouseUnavailable says so), another `cdp` command's hold is waited for
+    (``sinks.clickhouse.make_client``), any other holder is named."""
+    from sinks.clickhouse import ClickHouseSink
+
+    path = chdb_path(s.clickhouse_url)
+    holder = chdb_holder(path) if path is not None else None
+    if path is not None and holder is not None:
+        pid, cmd = holder
+        if _is_cdp_worker(s, pid, cmd):
+            raise ClickHouseUnavailable(f"the worker (pid {pid}) holds {path} and applied the migrations when it "
+                                        "started: nothing to do while it runs")
+        if not _is_cdp(cmd):
+            raise ClickHouseUnavailable(_held_by_another(path, pid, cmd))
+    sink = ClickHouseSink(s.clickhouse_url)
+    try:
+        return sink.migrate()
+    finally:
+        sink.close()
 
 
 def _open_direct(s: Settings, insert_clients: int) -> ClickHouseSink:
