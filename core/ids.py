@@ -26,6 +26,17 @@ def person_key(user_id: str | None, anonymous_id: str | None, identities: dict[s
     return None
 
 
+def identifier_hash(salt: str, id_type: str, value: str) -> str:
+    """The contract's ``identifier_hash``: ``hex(SHA256(CDP_PII_SALT || type || ':' || value))``."""
+    return hashlib.sha256((salt + id_type + ":" + value).encode()).hexdigest()
+
+
+def oneid_for_hash(salt: str, id_hash: str) -> str:
+    """The OneID of a person whose anchor is this identifier: opaque, and without the salt no phone number can be
+    tried against it."""
+    return "o_" + hashlib.sha256(("oneid" + salt + id_hash).encode()).hexdigest()[:24]
+
+
 def oneid_for(key: str) -> str:
     """Deterministic OneID for a person key: the same person gets the same id on every worker and replay."""
     return "o_" + hashlib.sha256(key.encode()).hexdigest()[:24]
