@@ -105,6 +105,16 @@ class Settings(BaseSettings):
         return self.topic("internal.events-by-person")
 
     @property
+    def identity_topic(self) -> str:
+        """Events the ingest could not resolve to one known person: the link writer's input (one partition)."""
+        return self.topic("internal.identity")
+
+    @property
+    def identity_directory_topic(self) -> str:
+        """What the link writer decided (``i:<hash>`` -> OneID, ``m:<oneid>`` -> survivor), compacted."""
+        return self.topic("internal.identity-directory")
+
+    @property
     def profile_changes_topic(self) -> str:
         return self.topic("profile.changes")
 
