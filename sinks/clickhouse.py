@@ -27,6 +27,7 @@ from clickhouse_connect.driver.binding import format_query_value, format_str, qu
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from core import identity_rows
 from core.rows import EVENT_ROW_COLUMNS
 
 DATABASE = "cdp"
@@ -64,6 +65,11 @@ EVENT_COLUMNS = list(EVENT_ROW_COLUMNS)
 ACTION_COLUMNS = ["action_id", "oneid", "rule_id", "rule_version", "channel", "template", "created_at",
                   "not_before", "expires_at", "reason"]
 FEEDBACK_COLUMNS = ["action_id", "status", "at", "detail", "received_at"]
+# The link writer's rows (core.identity_rows), JSON arrays in these orders.
+IDENTITY_COLUMNS = list(identity_rows.IDENTITY_COLUMNS)
+IDENTITY_MERGE_COLUMNS = list(identity_rows.MERGE_COLUMNS)
+IDENTITY_LINK_COLUMNS = list(identity_rows.LINK_COLUMNS)
+IDENTITY_REFUSAL_COLUMNS = list(identity_rows.REFUSAL_COLUMNS)
 
 # Inserts are synchronous, so an insert that returned is durable before offsets are committed.
 # JSON objects go into String columns as their text (events.properties): the row carries them as objects, so they
