@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -59,17 +60,45 @@ async def admin_client(s: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
         await admin.close()
 
 
-def new_topics(s: Settings, names: list[str]) -> list[NewTopic]:
-    return [NewTopic(n, s.partitions, s.replication_factor) for n in names]
+@dataclass(frozen=True)
+class TopicLayout:
+    """A topic's partitions and topic configs where they are not the pipeline's (``CDP_PARTITIONS``, the
+    broker's defaults)."""
+
+    partitions: int | None = None  # None: CDP_PARTITIONS
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+# The identity directory: one partition (one total order of the link writer's decisions), compacted (only each
+# key's latest record matters, and a replica rebuilt from the topic reads no more than the directory holds).
+DIRECTORY_LAYOUT = TopicLayout(partitions=1, configs={"cleanup.policy": "compact"})
+
+
+def fixed_layouts(s: Settings) -> dict[str, TopicLayout]:
+    """Topics whose layout is part of the design, whoever creates them."""
+    return {s.identity_directory_topic: DIRECTORY_LAYOUT}
+
+
+def new_topics(s: Settings, names: list[str], layouts: Mapping[str, TopicLayout] | None = None) -> list[NewTopic]:
+    """``layouts`` (by topic name) over ``fixed_layouts``; other topics: CDP_PARTITIONS, broker defaults."""
+    known = {**fixed_layouts(s), **(layouts or {})}
+    out = []
+    for n in names:
+        layout = known.get(n, TopicLayout())
+        out.append(NewTopic(n, layout.partitions or s.partitions, s.replication_factor,
+                            topic_configs=dict(layout.configs)))
+    return out
 
 
 class TopicSetupError(RuntimeError):
     """The cluster refused to create a topic the pipeline needs, or its partitions got no leader in time."""
 
 
-async def ensure_topics(s: Settings, names: list[str] | None = None, leader_timeout_s: float = 30.0) -> None:
-    """Create the topics with ``CDP_PARTITIONS`` partitions and ``CDP_REPLICATION_FACTOR`` replicas if they do not
-    exist yet (idempotent), and return once every partition of those created is served by its leader: a producer
+async def ensure_topics(s: Settings, names: list[str] | None = None, leader_timeout_s: float = 30.0,
+                        layouts: Mapping[str, TopicLayout] | None = None) -> None:
+    """Create the topics with ``CDP_PARTITIONS`` partitions (or as ``layouts`` and ``fixed_layouts`` say) and
+    ``CDP_REPLICATION_FACTOR`` replicas if they do not exist yet (idempotent; an existing topic is left as it is),
+    and return once every partition of those created is served by its leader: a producer
     that sends to a partition before that gets ``NotLeaderForPartitionError`` and retries, noisily.
 
     Raises ``TopicSetupError`` saying which topic and why when the cluster refuses (a replication factor above
@@ -80,7 +109,7 @@ async def ensure_topics(s: Settings, names: list[str] | None = None, leader_time
         if not todo:
             return
         # The response carries an error per topic; the request itself does not fail.
-        resp = await admin.create_topics(new_topics(s, todo))
+        resp = await admin.create_topics(new_topics(s, todo, layouts))
         refused = [(e[0], e[1], e[2] if len(e) > 2 else None) for e in resp.topic_errors
                    if e[1] not in (0, TopicAlreadyExistsError.errno)]  # already there: another worker won the race
         if refused:

@@ -42,3 +42,12 @@ sink_retries = Counter("cdp_sink_retries_total",
                        "ClickHouse inserts tried again, by table and the failure's kind (transient, unknown: the same "
                        "insert after a wait; rejected: halved, to find the rows refused)", ["table", "kind"],
                        registry=REGISTRY)
+directory_lag = Gauge("cdp_identity_directory_lag_records",
+                      "records of the identity directory topic this ingest's replica has not applied yet",
+                      registry=REGISTRY)
+directory_hits = Counter("cdp_identity_directory_hits_total",
+                         "events whose identifiers the directory replica resolved to one person (sent on directly)",
+                         registry=REGISTRY)
+directory_misses = Counter("cdp_identity_directory_misses_total",
+                           "events the directory replica could not resolve (an identifier it does not know, two "
+                           "persons): sent to the link writer", registry=REGISTRY)
