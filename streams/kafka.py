@@ -47,7 +47,7 @@ async def topic_partitions(consumer: Any, topic: str) -> list[int]:
 def pipeline_topics(s: Settings) -> list[str]:
     """Every topic of the public contract plus the internal ones the pipeline writes."""
     return [s.raw_topic, s.dlq_topic, s.person_events_topic, s.profile_changes_topic, s.feedback_topic,
-            *(s.action_topic(c.value) for c in Channel)]
+            *(s.action_topic(c.value) for c in Channel), s.identity_topic, s.identity_directory_topic]
 
 
 @asynccontextmanager
@@ -72,11 +72,13 @@ class TopicLayout:
 # The identity directory: one partition (one total order of the link writer's decisions), compacted (only each
 # key's latest record matters, and a replica rebuilt from the topic reads no more than the directory holds).
 DIRECTORY_LAYOUT = TopicLayout(partitions=1, configs={"cleanup.policy": "compact"})
+# The link writer's input: one partition, so links are decided by one writer in one order (docs/identity.md).
+IDENTITY_LAYOUT = TopicLayout(partitions=1)
 
 
 def fixed_layouts(s: Settings) -> dict[str, TopicLayout]:
     """Topics whose layout is part of the design, whoever creates them."""
-    return {s.identity_directory_topic: DIRECTORY_LAYOUT}
+    return {s.identity_directory_topic: DIRECTORY_LAYOUT, s.identity_topic: IDENTITY_LAYOUT}
 
 
 def new_topics(s: Settings, names: list[str], layouts: Mapping[str, TopicLayout] | None = None) -> list[NewTopic]:
