@@ -421,6 +421,23 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from ops.profile import format_profile, profile
+    from ops.worker import ClickHouseUnavailable, QueryFailed
+
+    id_type, sep, value = args.identifier.partition(":")
+    if not (sep and id_type.strip() and value.strip()):
+        print(f"error: expected TYPE:VALUE (e.g. phone:13800138000), got {args.identifier!r}", file=sys.stderr)
+        return 2
+    try:
+        p = profile(Settings(), id_type.strip(), value, on_wait=_tell)
+    except (ClickHouseUnavailable, QueryFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(p).decode() if args.json else format_profile(p))
+    return 0 if p["found"] else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from analytics.report import gather, render_report
     from ops.worker import query
@@ -514,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--reason", help="only rows with this reason (e.g. schema, no_identifier)")
     rp.add_argument("--stage", help="only rows of this stage (decode, validate)")
     rp.set_defaults(fn=cmd_dlq_replay)
+    sp = sub.add_parser("profile", help="one person: OneIDs, identifiers (masked), links and refused links, events, "
+                        "actions")
+    sp.add_argument("identifier", metavar="TYPE:VALUE", help="an identifier of the person, e.g. phone:13800138000")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_profile)
     sp = sub.add_parser("report", help="a self-contained HTML page: funnel, retention heatmap, actions per day")
     sp.add_argument("--out", default="report.html", help="file to write (default report.html)")
     sp.add_argument("--steps", default="product_view,add_to_cart,checkout_start,order_paid",

@@ -18,9 +18,10 @@ LINK_COLUMNS = ("at", "message_id", "id_type", "id_hash", "other_type", "other_h
 REFUSAL_COLUMNS = ("at", "message_id", "reason", "id_type", "id_hash", "id_masked", "oneid", "other_oneid",
                    "rule_version")
 
-# Table -> its columns, for whoever inserts the lines of ``resolution_lines``.
-IDENTITY_TABLES = {"identities": IDENTITY_COLUMNS, "identity_merges": MERGE_COLUMNS,
-                   "identity_links": LINK_COLUMNS, "identity_refusals": REFUSAL_COLUMNS}
+# Table -> its columns, for whoever inserts the lines of ``resolution_lines`` (lists, as inserts take them).
+IDENTITY_TABLES: dict[str, list[str]] = {
+    "identities": list(IDENTITY_COLUMNS), "identity_merges": list(MERGE_COLUMNS),
+    "identity_links": list(LINK_COLUMNS), "identity_refusals": list(REFUSAL_COLUMNS)}
 
 
 class IdentityRowLike(Protocol):

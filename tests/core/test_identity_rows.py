@@ -158,7 +158,7 @@ def test_the_rows_columns_are_their_tables_columns(sink):
 
 def _insert(sink, lines: dict[str, list[bytes]], token: str) -> None:
     for table, table_lines in lines.items():
-        sink.insert_json(table, table_lines, list(IDENTITY_TABLES[table]), token=f"{token}-{table}", compact=True)
+        sink.insert_json(table, table_lines, IDENTITY_TABLES[table], token=f"{token}-{table}", compact=True)
 
 
 def test_rows_insert_into_the_migrated_tables_and_read_back_as_built(sink):
