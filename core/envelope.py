@@ -9,21 +9,34 @@ nearly all that needs no person state; the messageId's digest is left to the per
 machine the ingest is the stage that sets the pace (docs/performance.md). The envelope is laid out so the person
 stage decodes only what it reads:
 
-    {"v":5,"src":...,"wm":...,"fl":true,"n":N}      header line
-    [[pk, ts, rcv, raw_partition, raw_offset, message_id, name, needs_body, flags, anonymous_id], ...]   every meta
+    {"v":6,"src":...,"wm":...,"fl":true,"n":N}      header line
+    [[pk, ts, rcv, raw_partition, raw_offset, message_id, name, needs_body, flags, ids, user_id, anonymous_id],
+     ...]                                             every meta
     then per event:
     {...}                                             the validated event (decoded only when read), or an
                                                       empty line when the row says all the stage needs
     [...]                                             its ClickHouse row, PII masked, all but the OneID
                                                       (core.rows.EVENT_ROW_COLUMNS after the first)
 
-The whole event travels only when it holds what the row does not: raw identifiers or traits (the person stage
-keeps contacts from them), an alias call's previousId, or a flag about it (an untrusted timestamp, kept as the
-app sent it). For any other event the row has it all (type, name, properties, campaign), so ``Entry.event`` is
-rebuilt from the row: most events are then never encoded twice, nor carried twice, nor decoded in the person
-stage at all. The one identifier such an event can hold besides the one its person key names is the anonymousId
-of an event naming its person by userId (any other identifier makes the body travel): the meta carries it, so the
-envelope keeps every identifier an event holds without encoding the body of every signed-in user's event.
+``pk`` is the person's OneID, or "" when the ingest could not resolve it (the link writer resolves it and sends
+the entry on, re-keyed by ``Entry.encoded`` without decoding its body). ``ids`` is every identifier of the event
+as ``[type, hash, masked]`` (``core.identifiers``), in priority order: no raw identifier in the meta but the two
+below.
+
+The whole event travels only when it holds what the row does not: identifiers other than its userId and
+anonymousId (``identities``, or read from ``traits``, ``context``, ...), traits (the person stage keeps contacts
+from them), an alias call's previousId, or a flag about it (an untrusted timestamp, kept as the app sent it). For
+any other event the row has it all (type, name, properties, campaign), so ``Entry.event`` is rebuilt from the
+row: most events are then never encoded twice, nor carried twice, nor decoded in the person stage at all. Such an
+event's only identifiers are its userId and anonymousId, which the row holds masked only: the meta carries them
+raw (``user_id``, ``anonymous_id``; 0 when the body travels), so ``entry_event`` rebuilds the event an app sent.
+
+Older layouts are still read, as the envelopes written before an upgrade are on the topic when the new person
+stage starts: their ``pk`` is the ``type:value`` person key they carry (an opaque key here, as before), and their
+``ids`` are derived from the identifiers they hold (the key's, version 5's anonymousId, and the userId,
+anonymousId and ``identities`` of an event whose body travels), hashed with the salt the reader passes
+(``decode_envelope(raw, salt)``: the deployment's ``CDP_PII_SALT``; "" if not given), ordered by the default
+types' priorities (``_PRE_V6_PRIORITY``).
 
 Lines are JSON as orjson writes it, which never contains a raw newline, so splitting on newlines is exact.
 """
@@ -33,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +54,18 @@ import orjson
 
 from core import exact_json
 from core.clock import iso
+from core.identifiers import Ident
+from core.ids import identifier_hash, mask
 from core.rows import EVENT_ROW_COLUMNS, event_row_body
 
-# 5: metas with the anonymousId the person key does not name (4: without it, still read; 3: with the messageId
-# digest, which the person stage computes, still read; 2: rows as objects with named fields, still read:
-# ``_rows_v2``; 1: one JSON document, still read).
-ENVELOPE_VERSION = 5
+# 6: metas with every identifier hashed, the OneID (or "") as pk, and a bodiless event's raw userId and
+# anonymousId (5: a type:value person key and the anonymousId it does not name; 4: without that anonymousId; 3:
+# with the messageId digest, which the person stage computes; 2: rows as objects with named fields: ``_rows_v2``;
+# 1: one JSON document; all still read).
+ENVELOPE_VERSION = 6
+# Identifier types in the order the layouts before 6 named a person by (their ids are sorted by it, then by hash).
+_PRE_V6_PRIORITY = {t: i for i, t in enumerate(("user_id", "crm_id", "phone", "email", "wechat_unionid",
+                                                 "miniapp_openid", "wechat_openid", "device_id", "anonymous_id"))}
 # Stay well under Kafka's default 1 MB message limit.
 MAX_ENVELOPE_BYTES = 700_000
 
@@ -64,28 +84,25 @@ def message_digest(message_id: str) -> str:
     return _blake2b(message_id.encode(), digest_size=8).hexdigest()
 
 
-def _meta_fields(ev: dict[str, Any]) -> tuple[str, str, bool]:
+def _meta_fields(ev: dict[str, Any], more_ids: bool) -> tuple[str, str, bool]:
     """What an envelope's meta says of an event: messageId, the event name, and whether the event holds what its
-    row does not (identifiers, traits, an alias call's previousId)."""
-    return ev["message_id"], event_name(ev), bool(ev.get("identities") or ev.get("traits") or ev.get("previous_id"))
-
-
-def _second_id(ev: dict[str, Any]) -> str:
-    """The anonymousId of an event whose person key names its userId (``core.ids.person_key``), else ""."""
-    return (ev.get("anonymous_id") or "") if ev.get("user_id") else ""
+    row does not (identifiers beyond its userId and anonymousId, traits, an alias call's previousId)."""
+    return ev["message_id"], event_name(ev), more_ids or bool(ev.get("identities") or ev.get("traits")
+                                                               or ev.get("previous_id"))
 
 
 class Entry:
-    """One validated event as it travels: person key, event time, receive time, where it came from, what the
-    person stage reads without decoding the event (id, digest, name), the event itself (decoded on first read)
-    and its ClickHouse row less the OneID (built on first read when the entry was made from a dict)."""
+    """One validated event as it travels: its person's OneID ("" while unresolved), event time, receive time,
+    where it came from, what the person stage reads without decoding the event (id, digest, name, identifiers),
+    the event itself (decoded on first read) and its ClickHouse row less the OneID (built on first read when the
+    entry was made from a dict)."""
 
-    __slots__ = ("_body", "_event", "_row", "anonymous_id", "digest", "flags", "message_id", "name", "needs_body",
-                 "pk", "rcv", "src", "ts")
+    __slots__ = ("_body", "_event", "_ids", "_row", "anonymous_id", "digest", "flags", "message_id", "name",
+                 "needs_body", "pk", "rcv", "src", "ts", "user_id")
 
     def __init__(self, pk: str, ts: int, rcv: int, src: tuple[int, int], message_id: str, digest: str, name: str,
-                 needs_body: bool, flags: tuple[str, ...], anonymous_id: str, event: dict[str, Any] | None,
-                 body: bytes | None, row: bytes | None):
+                 needs_body: bool, flags: tuple[str, ...], ids: Any, user_id: str, anonymous_id: str,
+                 event: dict[str, Any] | None, body: bytes | None, row: bytes | None):
         # Every field given: this runs for every event the person stage reads (``of_event`` builds one from a dict).
         self.pk = pk
         self.ts = ts
@@ -96,8 +113,11 @@ class Entry:
         self.name = name
         self.needs_body = needs_body
         self.flags = flags  # e.g. future_timestamp: the event's own time was not trusted
-        # The anonymousId of an event whose person key names its userId, which the row holds masked only: read
-        # where the event is rebuilt from the row. "" if none, and in an entry decoded with its body (which has it).
+        # As decoded (lists) or given (tuples); ``ids`` makes them tuples when first read.
+        self._ids = ids
+        # The raw userId and anonymousId of an event whose body does not travel (the row holds them masked only):
+        # read where the event is rebuilt from the row. "" if none, and in an entry whose body travels (it has them).
+        self.user_id = user_id
         self.anonymous_id = anonymous_id
         self._event = event
         self._body = body
@@ -105,11 +125,31 @@ class Entry:
 
     @staticmethod
     def of_event(pk: str, ts: int, rcv: int, src: tuple[int, int], event: dict[str, Any],
-                 flags: tuple[str, ...] = ()) -> Entry:
-        """An entry made from a validated event's dict (tests, tools, first-layout envelopes)."""
-        mid, name, needs_body = _meta_fields(event)
-        return Entry(pk, ts, rcv, src, mid, message_digest(mid), name, needs_body, flags, _second_id(event), event,
+                 flags: tuple[str, ...] = (), ids: tuple[Ident, ...] = (), more_ids: bool = False) -> Entry:
+        """An entry made from a validated event's dict (tests, tools, first-layout envelopes); ``more_ids``: some
+        of ``ids`` were read from outside its userId and anonymousId (``core.identifiers.event_identifiers``)."""
+        mid, name, needs_body = _meta_fields(event, more_ids)
+        uid, anon = ("", "") if needs_body or flags else _top_ids(event)
+        return Entry(pk, ts, rcv, src, mid, message_digest(mid), name, needs_body, flags, ids, uid, anon, event,
                      None, None)
+
+    @property
+    def ids(self) -> tuple[Ident, ...]:
+        """Every identifier of the event, ``(type, hash, masked)``, in priority order."""
+        ids = self._ids
+        if not isinstance(ids, tuple):
+            ids = self._ids = tuple([(i[0], i[1], i[2]) for i in ids])
+        return ids
+
+    def encoded(self, pk: str) -> EncodedEntry:
+        """The entry's three lines again, keyed by ``pk`` (the link writer re-keys resolved entries): its body and
+        row as they came, never decoded."""
+        body = self._body
+        if body is None:  # made from a dict
+            body = orjson.dumps(self._event) if self.needs_body or self.flags else b""
+        meta = orjson.dumps([pk, self.ts, self.rcv, self.src[0], self.src[1], self.message_id, self.name,
+                             self.needs_body, self.flags or 0, self._ids, self.user_id or 0, self.anonymous_id or 0])
+        return meta, body, self.row
 
     @property
     def event(self) -> dict[str, Any]:
@@ -143,18 +183,28 @@ class Envelope:
 EncodedEntry = tuple[bytes, bytes, bytes]
 
 
+def _top_ids(ev: dict[str, Any]) -> tuple[str, str]:
+    return ev.get("user_id") or "", ev.get("anonymous_id") or ""
+
+
 def encode_entry(pk: str, ts: int, rcv: int, raw_partition: int, raw_offset: int,
-                 event: dict[str, Any] | bytes, flags: list[str] | None = None) -> EncodedEntry:
-    """One entry's three lines; ``event`` is the validated event's dict (or its JSON)."""
+                 event: dict[str, Any] | bytes, flags: list[str] | None = None, ids: list[Ident] | None = None,
+                 more_ids: bool = False) -> EncodedEntry:
+    """One entry's three lines; ``event`` is the validated event's dict (or its JSON), ``ids`` its identifiers
+    and ``more_ids`` whether some were read from outside its userId and anonymousId
+    (``core.identifiers.event_identifiers``)."""
     ev: dict[str, Any] = orjson.loads(event) if isinstance(event, bytes) else event
     # No digest of the messageId: the person stage computes it (0.5 µs per event taken off the ingest, the stage
     # that sets the pipeline's pace: +5-11 % pipeline rate in alternating runs).
-    mid, name, needs_body = _meta_fields(ev)
-    with_body = needs_body or bool(flags)
-    # An event whose body travels has its anonymousId there; the meta carries it only for the others.
-    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, name, needs_body, flags or 0,
-                         0 if with_body else _second_id(ev) or 0])
-    return meta, orjson.dumps(ev) if with_body else b"", event_row_body(ev, ts, rcv, raw_partition, raw_offset)
+    mid, name, needs_body = _meta_fields(ev, more_ids)
+    if needs_body or flags:
+        meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, name, needs_body, flags or 0, ids or [],
+                             0, 0])
+        return meta, orjson.dumps(ev), event_row_body(ev, ts, rcv, raw_partition, raw_offset)
+    # The body does not travel: its only identifiers, its userId and anonymousId, do in the meta.
+    meta = orjson.dumps([pk, ts, rcv, raw_partition, raw_offset, mid, name, False, 0, ids or [],
+                         ev.get("user_id") or 0, ev.get("anonymous_id") or 0])
+    return meta, b"", event_row_body(ev, ts, rcv, raw_partition, raw_offset)
 
 
 _ROW_BODY_COLUMNS = EVENT_ROW_COLUMNS[1:]
@@ -172,15 +222,12 @@ def entry_event(en: Entry) -> dict[str, Any]:
         ev = dict(en._event)
     else:
         ev = _event_from_row(en.row, exact_json.loads)
-    if not en.needs_body:  # perhaps rebuilt from the row, which keeps no raw identifier: the person key and the
-        # meta name them (where the event is whole, they are the ones it holds)
-        kind, _, value = en.pk.partition(":")
-        if kind == "user_id" or kind == "anonymous_id":
-            ev[kind] = value
-        else:
-            ev["identities"] = {kind: value}
-        if en.anonymous_id:
-            ev["anonymous_id"] = en.anonymous_id
+    # Perhaps rebuilt from the row, which keeps no raw identifier: the meta names them (where the event is whole,
+    # they are the ones it holds).
+    if en.user_id:
+        ev["user_id"] = en.user_id
+    if en.anonymous_id:
+        ev["anonymous_id"] = en.anonymous_id
     if not en.flags:  # a flagged event keeps the times the app sent: the ingest flags it again
         ev.pop("sent_at", None)
         ev["timestamp"] = iso(en.ts)
@@ -257,7 +304,9 @@ class NewerEnvelopeError(Exception):
 _intern = sys.intern
 
 
-def decode_envelope(raw: bytes) -> Envelope:
+def decode_envelope(raw: bytes, salt: str = "") -> Envelope:
+    """An envelope's entries, decoded as far as the person stage reads every one; ``salt`` (``CDP_PII_SALT``)
+    hashes the identifiers of layouts before 6, which carried them raw."""
     lines = raw.split(b"\n")
     head = orjson.loads(lines[0])
     version = head.get("v")
@@ -265,7 +314,7 @@ def decode_envelope(raw: bytes) -> Envelope:
         return _decode_v1(head)
     if isinstance(version, int) and version > ENVELOPE_VERSION:
         raise NewerEnvelopeError(f"envelope version {version} is newer than this worker's {ENVELOPE_VERSION}")
-    if version not in (2, 3, 4, ENVELOPE_VERSION):
+    if version not in (2, 3, 4, 5, ENVELOPE_VERSION):
         raise ValueError(f"unknown envelope version {version!r}")
     n = head["n"]
     if len(lines) != 2 + 2 * n:
@@ -276,17 +325,56 @@ def decode_envelope(raw: bytes) -> Envelope:
     if len(metas) != n:
         raise ValueError(f"envelope says {n} events but holds {len(metas)} metas")
     if version != ENVELOPE_VERSION:
-        for m in metas:
-            if version != 4:
-                del m[6]  # the digest the ingest used to carry: the same as computed here
-            m.append(0)  # no anonymousId beside the person key's userId: these layouts did not carry it
+        return Envelope(source=head["src"], watermark=int(head["wm"]), entries=_pre_v6_entries(version, metas, lines,
+                                                                                                salt),
+                        flush=head["fl"])
     entries = []
     i = 2
-    for pk, ts, rcv, rp, ro, mid, name, needs_body, flags, anon in metas:
+    for pk, ts, rcv, rp, ro, mid, name, needs_body, flags, ids, uid, anon in metas:
         entries.append(Entry(pk, ts, rcv, (rp, ro), mid, message_digest(mid), _intern(name), needs_body,
-                             tuple(flags) if flags else (), anon or "", None, lines[i], lines[i + 1]))
+                             tuple(flags) if flags else (), ids, uid or "", anon or "", None, lines[i], lines[i + 1]))
         i += 2
     return Envelope(source=head["src"], watermark=int(head["wm"]), entries=tuple(entries), flush=head["fl"])
+
+
+def _pre_v6_entries(version: int, metas: list[list[Any]], lines: list[bytes], salt: str) -> tuple[Entry, ...]:
+    """Entries of layouts 2 to 5: the person key as pk, ids derived from the identifiers they hold."""
+    entries = []
+    i = 2
+    for m in metas:
+        if version < 4:
+            del m[6]  # the digest the ingest used to carry: the same as computed here
+        pk, ts, rcv, rp, ro, mid, name, needs_body, flags = m[:9]
+        anon = (m[9] or "") if version == 5 else ""  # the anonymousId beside the key's userId (5 only)
+        kind, _, value = pk.partition(":")
+        held: list[tuple[str, Any]] = [(kind, value)]
+        event = None
+        body = lines[i]
+        if body:  # the event travels: every identifier it holds is in it, cleaned by the ingest that wrote it
+            uid = anon = ""
+            with suppress(orjson.JSONDecodeError):
+                event = orjson.loads(body)
+            if isinstance(event, dict):
+                held += [("user_id", event.get("user_id")), ("anonymous_id", event.get("anonymous_id"))]
+                identities = event.get("identities")
+                if isinstance(identities, dict):
+                    held += identities.items()
+            else:
+                event = None
+        else:  # only its key and version 5's anonymousId: a bodiless event held no others
+            uid = value if kind == "user_id" else ""
+            if kind == "anonymous_id":
+                anon = value
+            held.append(("anonymous_id", anon))
+        ranked: dict[tuple[str, str], tuple[int, str]] = {}
+        for t, v in held:
+            if t and v and isinstance(v, str) and (t, v) not in ranked:
+                ranked[(t, v)] = (_PRE_V6_PRIORITY.get(t, len(_PRE_V6_PRIORITY)), identifier_hash(salt, t, v))
+        ids = tuple([(t, h, mask(t, v)) for (t, v), (_, h) in sorted(ranked.items(), key=lambda kv: kv[1])])
+        entries.append(Entry(pk, ts, rcv, (rp, ro), mid, message_digest(mid), _intern(name), needs_body,
+                             tuple(flags) if flags else (), ids, uid, anon, event, body, lines[i + 1]))
+        i += 2
+    return tuple(entries)
 
 
 def _decode_v1(d: dict[str, Any]) -> Envelope:

@@ -1,12 +1,15 @@
 """Ingest stage (pure): raw Kafka records in, envelopes per person partition and bad rows out.
 
 Every record ends as exactly one of: an entry in an envelope (ok) or a bad row (dead-lettered). Nothing raises.
+Each event's identifiers are read by the identity rules and hashed (``core.identifiers``); ``resolve`` (the
+directory replica's lookup) names the person when it knows every one of them: the entry goes to that OneID's
+partition. Any other entry is unresolved (key ``UNRESOLVED``), for the link writer (docs/identity.md).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,7 +19,8 @@ from pydantic import ValidationError
 from core.clock import iso
 from core.envelope import EncodedEntry, encode_entry
 from core.exact_json import with_exact_integers
-from core.ids import partition_for, person_key
+from core.identifiers import event_identifiers
+from core.ids import partition_for
 from core.normalize import clean_event
 from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
@@ -59,9 +63,15 @@ class RawRecord:
     headers: Sequence[tuple[str, bytes | None]] = ()
 
 
+# The key of ``IngestResult.entries`` of the entries whose person is not known yet (the link writer's input).
+UNRESOLVED = -1
+# The hashes of an event's identifiers -> the OneID of the one person they all belong to, or None.
+Resolve = Callable[[Sequence[str]], str | None]
+
+
 @dataclass(slots=True)
 class IngestResult:
-    # target partition -> encoded entries, in input order
+    # target partition (UNRESOLVED: to the link writer) -> encoded entries, in input order
     entries: dict[int, list[EncodedEntry]] = field(default_factory=dict)
     bad_rows: list[tuple[bytes | None, BadRow]] = field(default_factory=list)
     ok: int = 0
@@ -106,7 +116,7 @@ def event_time(timestamp: datetime | None, sent_at: datetime | None, received_ms
 
 
 def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions: int, now_ms: int,
-                   max_future_ms: int = 86_400_000) -> IngestResult:
+                   max_future_ms: int = 86_400_000, resolve: Resolve | None = None, salt: str = "") -> IngestResult:
     """``ingest_batches`` of records that name their own topic and partition (each partition's in order)."""
     batches: dict[tuple[str, int], list[RawRecordLike]] = {}
     for rec in records:
@@ -116,23 +126,27 @@ def ingest_records(records: Sequence[RawRecordLike], rules: RuleSet, partitions:
             batches[tp] = [rec]
         else:
             got.append(rec)
-    return ingest_batches(batches, rules, partitions, now_ms, max_future_ms)
+    return ingest_batches(batches, rules, partitions, now_ms, max_future_ms, resolve, salt)
 
 
 def ingest_batches(batches: Mapping[tuple[str, int], Sequence[RecordLike]], rules: RuleSet, partitions: int,
-                   now_ms: int, max_future_ms: int = 86_400_000) -> IngestResult:
+                   now_ms: int, max_future_ms: int = 86_400_000, resolve: Resolve | None = None,
+                   salt: str = "") -> IngestResult:
     """Records read from Kafka, per (topic, partition) in offset order (as ``getmany`` returns them), validated and
-    encoded into envelope entries per person partition, or dead-lettered."""
+    encoded into envelope entries per person partition, or dead-lettered. ``resolve(hashes)`` gives the OneID of
+    an event's identifiers when they are all known and one person (else None: the entry is ``UNRESOLVED``, as
+    every entry is without ``resolve``); ``salt`` is ``CDP_PII_SALT``, which identifiers are hashed with."""
     res = IngestResult()
     for (topic, partition), records in batches.items():
-        _ingest_partition(res, topic, partition, records, rules, partitions, now_ms, max_future_ms)
+        _ingest_partition(res, topic, partition, records, rules, partitions, now_ms, max_future_ms, resolve, salt)
     return res
 
 
 def _ingest_partition(res: IngestResult, topic: str, raw_partition: int, records: Sequence[RecordLike],
-                      rules: RuleSet, partitions: int, now_ms: int, max_future_ms: int) -> None:
+                      rules: RuleSet, partitions: int, now_ms: int, max_future_ms: int, resolve: Resolve | None,
+                      salt: str) -> None:
     aliases = rules.aliases
-    blocked = rules.blocked_identifiers
+    identity = rules.identity
     dropped = res.dropped_identifiers
     by_partition = res.entries
     max_event_ts = res.max_event_ts
@@ -150,9 +164,11 @@ def _ingest_partition(res: IngestResult, topic: str, raw_partition: int, records
             name = d.get("event")
             if name is not None and name in aliases:
                 d["event"] = aliases[name]
-            clean_event(d, blocked, dropped)
-            pk = person_key(d.get("user_id"), d.get("anonymous_id"), d.get("identities") or {})
-            if pk is None:
+            clean_event(d, identity, dropped)
+            ids, more_ids = event_identifiers(d, identity, salt, dropped)
+            # Also one the schema requires (a userId, anonymousId or identities) must be left: the event is then
+            # still one an app may send, as a dead-letter replay sends it again.
+            if not (ids and ("user_id" in d or "anonymous_id" in d or "identities" in d)):
                 res.bad_rows.append(_bad(topic, raw_partition, rec, Stage.validate, "no_identifier", [
                     {"field": "userId", "error": "no usable identifier: every id was empty, a placeholder or blocked"}
                 ], now_ms))
@@ -177,12 +193,17 @@ def _ingest_partition(res: IngestResult, topic: str, raw_partition: int, records
                 flags, ts = ["future_timestamp"], rcv
             elif ts < 0:
                 flags, ts = ["past_timestamp"], rcv
-            target = partition_for(pk, partitions)
+            oneid = resolve([i[1] for i in ids]) if resolve is not None else None
+            if oneid:
+                pk, target = oneid, partition_for(oneid, partitions)
+            else:
+                pk, target = "", UNRESOLVED
             try:
-                entry = encode_entry(pk, ts, rcv, raw_partition, rec.offset, d, flags)
+                entry = encode_entry(pk, ts, rcv, raw_partition, rec.offset, d, flags, ids, more_ids)
             except TypeError:
                 # An integer past 64 bits, which JSON allows and orjson does not write: carried with its digits.
-                entry = encode_entry(pk, ts, rcv, raw_partition, rec.offset, with_exact_integers(d), flags)
+                entry = encode_entry(pk, ts, rcv, raw_partition, rec.offset, with_exact_integers(d), flags, ids,
+                                     more_ids)
         except Exception as exc:
             # Valid by the schema, but a step after it failed (nothing known does): dead-lettered, never a stopped
             # partition.

@@ -11,6 +11,8 @@ import re
 from collections import Counter
 from typing import Any
 
+from rules.loader import IdentityRules
+
 # Compared lower-cased, after trimming.
 PLACEHOLDERS = frozenset({
     "", "null", "undefined", "none", "nil", "nan", "0", "-1", "anonymous", "anonymousid", "anonymous_id",
@@ -82,14 +84,31 @@ def app_id_of(ev: dict[str, Any]) -> str | None:
     return None
 
 
-def clean_event(ev: dict[str, Any], blocked: dict[str, frozenset[str]], dropped: Counter[str]) -> None:
-    """Normalise the identifiers of an event (a ``pipeline_dict``) in place; count what was dropped, by type."""
-    blocked_any = blocked.get("any", ())
+_path_types: dict[int, tuple[IdentityRules, dict[str, str]]] = {}
+
+
+def path_types(rules: IdentityRules) -> dict[str, str]:
+    """Each ``read_from`` path of the rules -> the identifier type read there (a path has one type)."""
+    got = _path_types.get(id(rules))
+    if got is None or got[0] is not rules:
+        if len(_path_types) > 16:  # rule sets are few (one per load); never a leak when tests make many
+            _path_types.clear()
+        got = _path_types[id(rules)] = (rules, {p: name for name, t in rules.types.items() for p in t.read_from})
+    return got[1]
+
+
+def clean_event(ev: dict[str, Any], rules: IdentityRules, dropped: Counter[str]) -> None:
+    """Normalise the identifiers of an event (a ``pipeline_dict``) in place, dropping placeholders and what the
+    identity rules block (by the type that reads the field; an undeclared ``identities`` key by its own name), so
+    the event carried and its ClickHouse row hold no value that is no identifier; count what was dropped, by
+    field (``identities`` by type)."""
+    types = path_types(rules)
+    is_blocked = rules.is_blocked
     for f in _EVENT_ID_FIELDS:
         if f not in ev:
             continue
         v = clean_id(ev[f])
-        if v is None or v in blocked.get(f, ()) or v in blocked_any:
+        if v is None or is_blocked(types.get(f, f), v):
             del ev[f]
             dropped[f] += 1
         else:
@@ -101,7 +120,7 @@ def clean_event(ev: dict[str, Any], blocked: dict[str, frozenset[str]], dropped:
         out = {}
         for t, raw in ids.items():
             v = normalize_identifier(t, raw, app_id)
-            if v is None or v in blocked.get(t, ()) or v in blocked.get("any", ()):
+            if v is None or is_blocked(types.get("identities." + t, t), v):
                 dropped[t] += 1
             else:
                 out[t] = v

@@ -2,7 +2,10 @@
 
 Not a Faust stream: Faust spends ~230 µs of CPU per message delivered through a stream (docs/performance.md), so
 raw events, one per Kafka message, are read here with aiokafka's batch ``getmany`` and leave as one envelope per
-target partition per batch. Offsets are committed only after every envelope and bad row was acknowledged.
+target partition per batch. An event whose identifiers the directory replica resolves to one person goes to that
+OneID's partition; the others go, in envelopes of their own, to ``<prefix>.internal.identity`` (one partition)
+for the link writer (docs/identity.md). Offsets are committed only after every envelope and bad row was
+acknowledged.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import __version__ as aiokafka_version
@@ -22,7 +26,7 @@ from aiokafka.errors import CommitFailedError, CorruptRecordException, KafkaErro
 
 from config.settings import Settings
 from core.envelope import encode_envelopes
-from core.ingest import ingest_batches, watermark
+from core.ingest import UNRESOLVED, ingest_batches, watermark
 from rules.loader import RuleSet
 from streams import metrics
 from streams.kafka import batch_producer, client_kwargs
@@ -83,10 +87,18 @@ class _Failing:
     tries: int = 0
 
 
+class Resolver(Protocol):
+    """The ingest's view of the identity directory (``streams.directory.DirectoryReplica``)."""
+
+    def resolve(self, hashes: Sequence[str]) -> str | None: ...
+
+
 class Ingest:
-    def __init__(self, settings: Settings, rules: RuleSet):
+    def __init__(self, settings: Settings, rules: RuleSet, directory: Resolver | None = None):
         self.s = settings
         self.rules = rules
+        # None: no event is resolved here, every one goes to the link writer.
+        self.directory = directory
         self.source = f"ingest-{uuid.uuid4().hex[:12]}"
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -334,7 +346,9 @@ class Ingest:
         n = sum(len(msgs) for msgs in batches.values())
         self.records_in += n
         metrics.events_in.inc(n)
-        res = ingest_batches(batches, self.rules, self.s.partitions, now_ms, int(self.s.max_future_s * 1000))
+        res = ingest_batches(batches, self.rules, self.s.partitions, now_ms, int(self.s.max_future_s * 1000),
+                             resolve=self.directory.resolve if self.directory is not None else None,
+                             salt=self.s.pii_salt)
         for part, ts in res.max_event_ts.items():
             self.max_ts[part] = max(self.max_ts.get(part, 0), ts)
         # Caught up (every raw partition read to its high-water mark): downstream need not hold these events
@@ -345,6 +359,10 @@ class Ingest:
         futures = []
         first_batch = self.s.sink_batch_rows // 4
         for part, entries in res.entries.items():
+            if part == UNRESOLVED:  # to the link writer, which sends them on to their persons' partitions
+                for env in encode_envelopes(self.source, wm, entries, flush=caught_up):
+                    futures.append(await self.producer.send(self.s.identity_topic, env, partition=0))
+                continue
             if caught_up:
                 flush = self._flush_due(part)
             else:

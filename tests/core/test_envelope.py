@@ -1,5 +1,5 @@
-"""Envelopes: rows as arrays in column order, metas without the messageId digest, and envelopes written by the
-previous layouts still read the same."""
+"""Envelopes: rows as arrays in column order, metas with every identifier hashed and without the messageId digest,
+entries re-keyed without decoding, and envelopes written by the previous layouts still read the same."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from core import exact_json
 from core.envelope import (
     ENVELOPE_VERSION,
+    Entry,
+    NewerEnvelopeError,
     decode_entry,
     decode_envelope,
     encode_entry,
@@ -20,7 +22,10 @@ from core.envelope import (
     entry_event,
     message_digest,
 )
+from core.identifiers import event_identifiers, extract_identifiers
+from core.ids import identifier_hash
 from core.rows import EVENT_ROW_COLUMNS, event_row, row_dict
+from tests.core.helpers import RULES
 from tests.streams.test_accepted_events_never_stop_the_person_stage import events as odd_events
 
 EVENTS = [
@@ -80,10 +85,28 @@ V4_ENVELOPE = b"\n".join([
     *V3_ENVELOPE.split(b"\n")[2:],
 ])
 
+# ... and as version 5 wrote them (with the anonymousId beside a userId: none of these has one).
+V5_ENVELOPE = b"\n".join([
+    b'{"v":5,"src":"src","wm":1790000000500,"fl":true,"n":3}',
+    b'[["user_id:u1",1790000000000,1790000000005,0,0,"m1","add_to_cart",false,0,0],'
+    b'["user_id:u1",1790000001000,1790000001005,0,1,"m2","identify",true,0,0],'
+    b'["anonymous_id:a9",1790000002000,1790000002005,0,2,"m3","page",false,0,0]]',
+    *V3_ENVELOPE.split(b"\n")[2:],
+])
 
-def current() -> bytes:
-    entries = [encode_entry(pk, ts, ts + 5, 0, i, ev) for i, (pk, ts, ev) in enumerate(EVENTS)]
+
+def current(salt: str = "") -> bytes:
+    """The three events as this version writes them, keyed as the old layouts were (a pk is opaque here)."""
+    entries = []
+    for i, (pk, ts, ev) in enumerate(EVENTS):
+        ids, more = event_identifiers(ev, RULES.identity, salt)
+        entries.append(encode_entry(pk, ts, ts + 5, 0, i, ev, None, ids, more))
     return encode_envelopes("src", 1_790_000_000_500, entries)[0]
+
+
+def _metas(entries) -> list[tuple]:
+    return [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags, en.ids,
+             en.user_id, en.anonymous_id) for en in entries]
 
 
 def test_rows_are_arrays_of_every_column_with_the_pii_masked():
@@ -98,21 +121,49 @@ def test_rows_are_arrays_of_every_column_with_the_pii_masked():
                        "campaign_source": "baidu", "campaign_medium": "cpc", "campaign_name": ""}
 
 
-@pytest.mark.parametrize("old_envelope", [V2_ENVELOPE, V3_ENVELOPE, V4_ENVELOPE], ids=["v2", "v3", "v4"])
-def test_an_envelope_of_a_previous_layout_gives_the_same_rows_events_and_metas(old_envelope):
-    old, new = decode_envelope(old_envelope), decode_envelope(current())
+@pytest.mark.parametrize("old_envelope", [V2_ENVELOPE, V3_ENVELOPE, V4_ENVELOPE, V5_ENVELOPE],
+                         ids=["v2", "v3", "v4", "v5"])
+@pytest.mark.parametrize("salt", ["", "s3cret"])
+def test_an_envelope_of_a_previous_layout_gives_the_same_rows_events_and_metas(old_envelope, salt):
+    """Ids included: an old layout's identifiers, hashed with the salt the reader passes, are the ones the ingest
+    now extracts from the same events, in the same order."""
+    old, new = decode_envelope(old_envelope, salt), decode_envelope(current(salt))
     assert (old.source, old.watermark, old.flush) == (new.source, new.watermark, new.flush)
     assert [event_row(en, "o_1") for en in old.entries] == [event_row(en, "o_1") for en in new.entries]
     assert [en.event for en in old.entries] == [en.event for en in new.entries]
-    assert [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags,
-             en.anonymous_id) for en in old.entries] == \
-        [(en.pk, en.ts, en.rcv, en.src, en.message_id, en.digest, en.name, en.needs_body, en.flags,
-          en.anonymous_id) for en in new.entries]
+    assert _metas(old.entries) == _metas(new.entries)
+    assert [entry_event(en) for en in old.entries] == [entry_event(en) for en in new.entries]
+    assert [[t for t, _, _ in en.ids] for en in old.entries] == [["user_id"], ["user_id", "phone"], ["anonymous_id"]]
+
+
+def test_a_version_5_anonymous_id_beside_a_user_id_is_an_identifier_and_rebuilt():
+    env = decode_envelope(V5_ENVELOPE.replace(b'"add_to_cart",false,0,0]', b'"add_to_cart",false,0,"a7"]'), "s")
+    en = env.entries[0]
+    assert (en.pk, en.user_id, en.anonymous_id) == ("user_id:u1", "u1", "a7")
+    assert en.ids == (("user_id", identifier_hash("s", "user_id", "u1"), "u***"),
+                      ("anonymous_id", identifier_hash("s", "anonymous_id", "a7"), "a***"))
+    assert entry_event(en)["user_id"] == "u1" and entry_event(en)["anonymous_id"] == "a7"
+
+
+def test_an_envelope_of_a_newer_layout_is_left_for_an_upgraded_worker():
+    newer = current().replace(b'"v":%d' % ENVELOPE_VERSION, b'"v":%d' % (ENVELOPE_VERSION + 1), 1)
+    with pytest.raises(NewerEnvelopeError):
+        decode_envelope(newer)
+
+
+def test_every_meta_carries_the_events_identifiers_hashed_and_masked_and_no_raw_value_beyond_its_top_ids():
+    metas = orjson.loads(current("salt").split(b"\n")[1])
+    assert metas[1][9] == [["user_id", identifier_hash("salt", "user_id", "u1"), "u***"],
+                           ["phone", identifier_hash("salt", "phone", "13800138000"), "138****8000"]]
+    assert b"13800138000" not in current("salt").split(b"\n")[1]
+    # The bodiless events carry their raw userId / anonymousId (their only identifiers); the identify's travel in
+    # its body.
+    assert [m[10:] for m in metas] == [["u1", 0], [0, 0], [0, "a9"]]
 
 
 def test_the_person_stage_computes_the_digest_the_ingest_no_longer_carries():
     metas = orjson.loads(current().split(b"\n")[1])
-    assert [len(m) for m in metas] == [10, 10, 10]
+    assert [len(m) for m in metas] == [12, 12, 12]
     assert "d11f79d4b490b654" not in current().decode()
     # The digest the previous layout carried, the one person states already hold: duplicates stay duplicates
     # across the upgrade.
@@ -131,28 +182,55 @@ def test_an_event_is_rebuilt_from_its_row_when_the_row_tells_it_all():
 
 def test_an_event_with_a_user_id_and_an_anonymous_id_keeps_both_without_carrying_its_body():
     ev = {"type": "track", "event": "product_view", "message_id": "m4", "user_id": "u1", "anonymous_id": "a9"}
-    meta, body, row = encode_entry("user_id:u1", 1_790_000_003_000, 1_790_000_003_005, 0, 3, ev)
+    ids, more = event_identifiers(ev, RULES.identity, "")
+    meta, body, row = encode_entry("o_1", 1_790_000_003_000, 1_790_000_003_005, 0, 3, ev, None, ids, more)
     assert body == b""  # the row and the meta tell it all: not encoded twice, never decoded by the person stage
     en = decode_entry((meta, body, row))
-    assert (en.pk, en.anonymous_id, en.needs_body) == ("user_id:u1", "a9", False)
+    assert (en.pk, en.user_id, en.anonymous_id, en.needs_body) == ("o_1", "u1", "a9", False)
+    assert [t for t, _, _ in en.ids] == ["user_id", "anonymous_id"]
     assert entry_event(en)["user_id"] == "u1" and entry_event(en)["anonymous_id"] == "a9"
     assert row_dict(event_row(en, "o_1"))["identities"] == {"user_id": "u***", "anonymous_id": "a***"}
-    alone = decode_entry(encode_entry("anonymous_id:a9", 1, 1, 0, 0, {"type": "page", "message_id": "m5",
-                                                                     "anonymous_id": "a9"}))
-    assert alone.anonymous_id == "" and entry_event(alone)["anonymous_id"] == "a9"
+    alone = decode_entry(encode_entry("", 1, 1, 0, 0, {"type": "page", "message_id": "m5", "anonymous_id": "a9"}))
+    assert (alone.pk, alone.user_id, alone.anonymous_id) == ("", "", "a9")
+    assert entry_event(alone)["anonymous_id"] == "a9" and "user_id" not in entry_event(alone)
+
+
+def test_an_identifier_read_from_the_context_makes_the_body_travel():
+    """The row keeps no context but the campaign: a device id read from ``context.device`` is rebuilt only from
+    the body, so the body travels (and the meta carries no raw value)."""
+    ev = {"type": "track", "event": "x", "message_id": "m6", "anonymous_id": "a9", "context": {"device": {"id": "d1"}}}
+    ids, more = event_identifiers(ev, RULES.identity, "")
+    assert more and [t for t, _, _ in ids] == ["device_id", "anonymous_id"]
+    en = decode_entry(encode_entry("", 1, 1, 0, 0, ev, None, ids, more))
+    assert en.needs_body and en._body and (en.user_id, en.anonymous_id) == ("", "")
+    assert entry_event(en)["context"] == {"device": {"id": "d1"}}
+    assert extract_identifiers(entry_event(en), RULES.identity, "") == list(en.ids)
+
+
+def test_an_entry_re_keyed_gives_the_same_lines_but_its_pk_without_decoding_its_body():
+    env = decode_envelope(current())
+    for en in env.entries:
+        again = decode_entry(en.encoded("o_abc"))
+        assert en._event is None  # neither the body nor the row was decoded to re-key it
+        assert again.pk == "o_abc" and _metas([again])[0][1:] == _metas([en])[0][1:]
+        assert (again._body, again.row) == (en._body, en.row)
+    # An entry made from a dict is encoded as the ingest would encode it.
+    ev = EVENTS[1][2]
+    ids, more = event_identifiers(ev, RULES.identity, "")
+    made = Entry.of_event("", 5, 6, (0, 1), ev, (), tuple(ids), more)
+    assert made.encoded("o_x") == encode_entry("o_x", 5, 6, 0, 1, ev, None, ids, more)
 
 
 def _reingested(raw: bytes, taken: int, now: int):
     from core.ingest import RawRecord, ingest_records
-    from tests.streams.test_person_cache import RULES
 
-    res = ingest_records([RawRecord("raw", 2, 7, taken, None, raw)], RULES, 1, now)
-    return [decode_entry(e) for e in res.entries.get(0, [])]
+    res = ingest_records([RawRecord("raw", 2, 7, taken, None, raw)], RULES, 1, now, salt="s")
+    return [decode_entry(e) for part in res.entries.values() for e in part]
 
 
 def _comparable(en) -> tuple:
     row = dict(zip(EVENT_ROW_COLUMNS[1:], orjson.loads(en.row), strict=True))
-    return en.pk, en.ts, en.rcv, en.message_id, en.name, en.flags, en.anonymous_id, row
+    return en.pk, en.ts, en.rcv, en.message_id, en.name, en.flags, en.ids, en.user_id, en.anonymous_id, row
 
 
 @settings(max_examples=300, suppress_health_check=list(HealthCheck))

@@ -7,10 +7,13 @@ from hypothesis import strategies as st
 
 from core.clock import iso
 from core.envelope import decode_entry, decode_envelope, encode_envelopes
-from core.ids import partition_for
-from core.ingest import RawRecord, epoch_ms, ingest_records, watermark
+from core.identifiers import extract_identifiers
+from core.ids import identifier_hash, oneid_for_hash, partition_for
+from core.ingest import UNRESOLVED, RawRecord, epoch_ms, ingest_records, watermark
 from schemas.bad_rows import BadRow, Stage
-from tests.core.helpers import RULES
+from tests.core.helpers import RULES, every_identifier_known
+
+KNOWN = every_identifier_known()
 
 NOW = 1_790_000_000_000
 
@@ -38,11 +41,12 @@ def test_every_record_ends_as_an_event_or_a_bad_row(values):
 
 
 def test_good_events_are_aliased_routed_by_person_and_timed_by_event_time():
-    res = ingest_records([rec(good(i), i) for i in range(20)], RULES, 4, NOW)
+    res = ingest_records([rec(good(i), i) for i in range(20)], RULES, 4, NOW, resolve=KNOWN)
     assert not res.bad_rows and res.ok == 20
     for part, entries in res.entries.items():
         for raw in entries:
             e = decode_entry(raw)
+            assert e.pk == oneid_for_hash("", identifier_hash("", "user_id", e.user_id))  # its userId's person
             assert partition_for(e.pk, 4) == part
             assert e.event["event"] == "add_to_cart"  # Segment's name mapped onto the standard one
             assert e.ts == 1_789_984_800_000 and e.rcv == NOW
@@ -121,7 +125,8 @@ def test_watermark_follows_events_in_a_backlog_and_the_clock_when_caught_up():
 
 
 def test_envelopes_round_trip_and_split_by_size():
-    res = ingest_records([rec(good(i, properties={"pad": "x" * 2000}), i) for i in range(600)], RULES, 1, NOW)
+    res = ingest_records([rec(good(i, properties={"pad": "x" * 2000}), i) for i in range(600)], RULES, 1, NOW,
+                         resolve=KNOWN)
     envs = encode_envelopes("src-1", 123, res.entries[0])
     assert len(envs) > 1 and all(len(e) < 1_000_000 for e in envs)
     decoded = [decode_envelope(e) for e in envs]
@@ -151,16 +156,17 @@ def test_event_shaped_junk_also_ends_as_an_event_or_a_bad_row(docs):
     values = [json.dumps(d).encode() for d in docs]
     res = ingest_records([rec(v, i) for i, v in enumerate(values)], RULES, 4, NOW)
     assert res.ok + len(res.bad_rows) == len(values)
+    assert set(res.entries) <= {UNRESOLVED}  # no resolver: every entry is the link writer's
     for part in res.entries.values():
         for raw in part:
             e = decode_entry(raw)
-            assert e.pk and e.event["message_id"]
+            assert e.pk == "" and e.ids and e.event["message_id"]
 
 
 def test_envelopes_carry_the_whole_event_only_where_the_row_does_not_tell_it():
     ident = good(1, type="identify", identities={"phone": "13800138000"})
     res = ingest_records([rec(good(0, properties={"sku": "S-1"}, context={"campaign": {"source": "sms"}}), 0),
-                          rec(ident, 1)], RULES, 1, NOW)
+                          rec(ident, 1)], RULES, 1, NOW, resolve=KNOWN)
     envs = encode_envelopes("s", 1, res.entries[0], flush=False)
     assert len(envs) == 1 and decode_envelope(envs[0]).flush is False
     track, identify = decode_envelope(envs[0]).entries
@@ -180,3 +186,67 @@ def test_event_times_are_exact_to_the_millisecond_both_ways(ms, micros):
     assert epoch_ms(datetime.fromisoformat(written.replace("Z", "+00:00"))) == ms
     finer = datetime.fromisoformat(written.replace("Z", f"{micros:03d}+00:00"))
     assert epoch_ms(finer) == ms
+
+
+class _Directory:
+    """A replica that knows some identifiers: an event resolves when it knows every one and they are one person."""
+
+    def __init__(self, persons: dict[str, str]):
+        self.persons = persons
+        self.asked: list[list[str]] = []
+
+    def resolve(self, hashes):
+        self.asked.append(list(hashes))
+        got = {self.persons.get(h) for h in hashes}
+        return got.pop() if len(got) == 1 and None not in got else None
+
+
+def _h(t: str, v: str, salt: str = "pepper") -> str:
+    return identifier_hash(salt, t, v)
+
+
+def test_events_of_known_persons_go_to_their_partition_and_the_others_to_the_link_writer():
+    d = _Directory({_h("user_id", "u1"): "o_ann", _h("anonymous_id", "a1"): "o_ann", _h("user_id", "u2"): "o_bob",
+                    _h("anonymous_id", "a2"): "o_bob"})
+    docs = [{"userId": "u1"}, {"userId": "u1", "anonymousId": "a1"}, {"userId": "u2"},
+            {"userId": "u1", "anonymousId": "a2"},  # two known persons: the link writer decides
+            {"userId": "u1", "traits": {"email": "ann@shop.cn"}},  # an identifier not known yet
+            {"anonymousId": "a9"}]  # nobody
+    res = ingest_records([rec(good(i, **doc), i) for i, doc in enumerate(docs)], RULES, 4, NOW, resolve=d.resolve,
+                         salt="pepper")
+    assert not res.bad_rows and res.ok == 6
+    where = {decode_entry(e).message_id: (part, decode_entry(e).pk) for part, es in res.entries.items() for e in es}
+    assert where == {"m0": (partition_for("o_ann", 4), "o_ann"), "m1": (partition_for("o_ann", 4), "o_ann"),
+                     "m2": (partition_for("o_bob", 4), "o_bob"), "m3": (UNRESOLVED, ""), "m4": (UNRESOLVED, ""),
+                     "m5": (UNRESOLVED, "")}
+    # The resolver is asked with every identifier's salted hash, strongest first.
+    assert d.asked[1] == [_h("user_id", "u1"), _h("anonymous_id", "a1")]
+    assert d.asked[4] == [_h("user_id", "u1"), _h("email", "ann@shop.cn")]
+
+
+def test_every_entry_carries_its_events_identifiers_as_the_rules_extract_them():
+    doc = {"type": "identify", "messageId": "m1", "userId": "u1", "anonymousId": "a1",
+           "traits": {"phone": "+86 138 0013 8000", "email": "Ann@Shop.CN"},
+           "context": {"device": {"id": "d-1"}, "externalIds": [{"id": "C7", "type": "crm_id", "collection": "users",
+                                                                 "encoding": "none"}]}}
+    res = ingest_records([rec(orjson.dumps(doc))], RULES, 4, NOW, salt="pepper")
+    [[raw]] = res.entries.values()
+    en = decode_entry(raw)
+    assert [(t, h) for t, h, _ in en.ids] == [
+        ("user_id", _h("user_id", "u1")), ("crm_id", _h("crm_id", "C7")), ("phone", _h("phone", "13800138000")),
+        ("email", _h("email", "ann@shop.cn")), ("device_id", _h("device_id", "d-1")),
+        ("anonymous_id", _h("anonymous_id", "a1"))]
+    assert list(en.ids) == extract_identifiers(en.event, RULES.identity, "pepper")
+    assert [m for _, _, m in en.ids] == ["u***", "C***", "138****8000", "a***@shop.cn", "d***", "a***"]
+    assert b"13800138000" not in raw[0] and b"ann@shop.cn" not in raw[0]  # the meta holds no raw phone or email
+
+
+def test_an_event_whose_identifiers_are_all_refused_is_a_bad_row_and_a_traits_email_alone_is_not_enough():
+    docs = [{"userId": "null", "anonymousId": "undefined"},
+            {"userId": "null", "traits": {"email": "ann@shop.cn"}},  # the schema's identifiers all refused
+            {"userId": "null", "anonymousId": "a1", "context": {"device": {"id": "0000-0000"}}}]  # blocked: a1 stays
+    res = ingest_records([rec(good(i, **doc), i) for i, doc in enumerate(docs)], RULES, 4, NOW)
+    assert [(r.reason, r.source["offset"]) for _, r in res.bad_rows] == [("no_identifier", 0), ("no_identifier", 1)]
+    [[raw]] = res.entries.values()
+    assert [t for t, _, _ in decode_entry(raw).ids] == ["anonymous_id"]
+    assert res.dropped_identifiers["device_id"] == 1

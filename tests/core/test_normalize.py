@@ -5,9 +5,12 @@ import orjson
 import pytest
 
 from core.envelope import decode_entry
+from core.ids import identifier_hash
 from core.ingest import RawRecord, event_time, ingest_records
 from core.normalize import clean_event, normalize_email, normalize_identifier, normalize_phone
-from tests.core.helpers import RULES
+from tests.core.helpers import RULES, every_identifier_known
+
+KNOWN = every_identifier_known()
 
 NOW = 1_790_000_000_000
 
@@ -32,7 +35,7 @@ def test_emails_and_openids():
 def test_placeholders_are_never_identifiers(placeholder):
     ev = {"user_id": placeholder, "anonymous_id": "a-1", "identities": {"phone": placeholder, "email": "x@y.io"}}
     dropped: Counter[str] = Counter()
-    clean_event(ev, RULES.blocked_identifiers, dropped)
+    clean_event(ev, RULES.identity, dropped)
     assert "user_id" not in ev and ev["identities"] == {"email": "x@y.io"}
     assert dropped["user_id"] == 1 and dropped["phone"] == 1
 
@@ -48,9 +51,11 @@ def test_blocked_test_numbers_are_dropped_and_an_event_left_with_no_id_is_a_bad_
 def test_kept_event_carries_normalised_identifiers():
     raw = orjson.dumps({"type": "identify", "messageId": "m1", "userId": " u1 ",
                         "identities": {"phone": "+86 138 0013 8000", "email": "A@B.CN", "device_id": "undefined"}})
-    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW, resolve=KNOWN)
     e = decode_entry(res.entries[0][0])
-    assert e.pk == "user_id:u1"
+    assert [(t, h) for t, h, _ in e.ids] == [("user_id", identifier_hash("", "user_id", "u1")),
+                                             ("phone", identifier_hash("", "phone", "13800138000")),
+                                             ("email", identifier_hash("", "email", "a@b.cn"))]
     assert e.event["identities"] == {"phone": "13800138000", "email": "a@b.cn"}
     assert res.dropped_identifiers == Counter({"device_id": 1})
 
@@ -67,7 +72,7 @@ def test_clock_skew_is_corrected_from_sent_at():
 def test_far_future_events_are_flagged_and_timed_at_receipt():
     raw = orjson.dumps({"type": "track", "messageId": "m1", "event": "x", "userId": "u",
                         "timestamp": "2099-01-01T00:00:00Z"})
-    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW, resolve=KNOWN)
     e = decode_entry(res.entries[0][0])
     assert e.flags == ("future_timestamp",) and e.ts == NOW and res.flagged["future_timestamp"] == 1
     assert e.event["timestamp"].startswith("2099")  # what the app said is kept
@@ -78,7 +83,7 @@ def test_a_replayed_archive_keeps_its_event_times():
     raw = orjson.dumps({"type": "track", "messageId": "m1", "event": "x", "userId": "u",
                         "timestamp": "2026-01-01T10:00:00.000Z", "sentAt": "2026-01-01T10:00:02.000Z",
                         "receivedAt": "2026-01-01T10:00:01.000Z"})  # the device clock was 1 s ahead
-    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW, resolve=KNOWN)
     e = decode_entry(res.entries[0][0])
     assert e.ts == int(datetime(2026, 1, 1, 9, 59, 59, tzinfo=UTC).timestamp() * 1000)
     assert e.rcv == int(datetime(2026, 1, 1, 10, 0, 1, tzinfo=UTC).timestamp() * 1000)
@@ -90,7 +95,7 @@ def test_an_alias_whose_previous_id_is_a_placeholder_is_a_bad_row_and_a_real_one
     docs = [{"type": "alias", "messageId": "m1", "userId": "u1", "previousId": "undefined"},
             {"type": "alias", "messageId": "m2", "userId": "u1", "previousId": "anon-7"}]
     res = ingest_records([RawRecord("raw", 0, i, NOW, None, orjson.dumps(d)) for i, d in enumerate(docs)], RULES, 1,
-                         NOW)
+                         NOW, resolve=KNOWN)
     [(_, bad)] = res.bad_rows
     assert (bad.reason, bad.errors[0]["field"], bad.source["offset"]) == ("no_identifier", "previousId", 0)
     [alias] = [decode_entry(e) for e in res.entries[0]]
@@ -102,8 +107,9 @@ def test_an_openid_is_scoped_by_a_real_app_id_never_by_a_placeholder():
     # again (a replay from the dead-letter topic) became "wx9:0:o-1": another person.
     raw = orjson.dumps({"type": "track", "messageId": "m1", "event": "x", "context": {"wechat": {"appid": "wx9"}},
                         "identities": {"wechat_appid": "0", "wechat_openid": "o-1"}})
-    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, raw)], RULES, 1, NOW, resolve=KNOWN)
     e = decode_entry(res.entries[0][0])
     assert e.event["identities"] == {"wechat_openid": "wx9:o-1"}
-    again = ingest_records([RawRecord("raw", 0, 1, NOW, None, orjson.dumps(e.event))], RULES, 1, NOW)
-    assert decode_entry(again.entries[0][0]).pk == e.pk == "wechat_openid:wx9:o-1"
+    again = ingest_records([RawRecord("raw", 0, 1, NOW, None, orjson.dumps(e.event))], RULES, 1, NOW, resolve=KNOWN)
+    assert decode_entry(again.entries[0][0]).ids == e.ids
+    assert [(t, h) for t, h, _ in e.ids] == [("wechat_openid", identifier_hash("", "wechat_openid", "wx9:o-1"))]

@@ -15,10 +15,12 @@ from core.envelope import decode_entry, encode_envelopes
 from core.ingest import RawRecord, ingest_records
 from rules.loader import load_rules
 from streams.persons import PersonStage
+from tests.core.helpers import every_identifier_known
 from tests.streams.test_person_cache import MemoryStore
 
 NOW = 1_795_400_000_000
 RULES = load_rules("rules")
+KNOWN = every_identifier_known()
 
 
 async def send(channel: str, key: bytes, value: bytes):
@@ -58,7 +60,8 @@ events = st.fixed_dictionaries(
 @given(st.lists(events, min_size=1, max_size=12), st.sampled_from([-10**10, 0, 10**10, 10**13]))
 def test_whatever_the_ingest_accepts_the_person_stage_carries(docs, watermark_shift):
     raw = [json.dumps(d).encode() for d in docs]
-    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 2, NOW)
+    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 2, NOW,
+                         resolve=KNOWN)
     assert res.ok + len(res.bad_rows) == len(raw)
     stage = PersonStage(RULES, MemoryStore(), None, send, 2, "t", batch_rows=5, batch_envelopes=3)
     offset = 0
@@ -77,7 +80,7 @@ def test_whatever_the_ingest_accepts_the_person_stage_carries(docs, watermark_sh
 def test_a_sent_at_far_ahead_of_the_timestamp_is_timed_at_receipt_and_flagged():
     doc = {"type": "track", "messageId": "m", "event": "add_to_cart", "userId": "u",
            "timestamp": "2026-11-20T10:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}
-    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, json.dumps(doc).encode())], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, 0, NOW, None, json.dumps(doc).encode())], RULES, 1, NOW, resolve=KNOWN)
     [entry] = res.entries[0]
     e = decode_entry(entry)
     assert (e.ts, e.rcv, e.flags, res.flagged["past_timestamp"]) == (NOW, NOW, ("past_timestamp",), 1)
@@ -86,6 +89,7 @@ def test_a_sent_at_far_ahead_of_the_timestamp_is_timed_at_receipt_and_flagged():
 def test_a_received_at_that_cannot_be_is_replaced_by_the_record_time():
     doc = {"type": "page", "messageId": "m", "userId": "u", "timestamp": "2026-11-20T10:00:00Z",
            "receivedAt": "9999-12-31T23:59:59Z"}
-    res = ingest_records([RawRecord("raw", 0, 0, NOW - 5, None, json.dumps(doc).encode())], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, 0, NOW - 5, None, json.dumps(doc).encode())], RULES, 1, NOW,
+                         resolve=KNOWN)
     e = decode_entry(res.entries[0][0])
     assert e.rcv == NOW - 5 and e.ts == 1_795_168_800_000 and not e.flags
