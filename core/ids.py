@@ -47,9 +47,11 @@ def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-def action_id(rule_id: str, oneid: str, window_start_ms: int) -> str:
-    """Same rule, same person, same window: same id, so redelivery never becomes a second SMS."""
-    return "act_" + hashlib.sha256(f"{rule_id}|{oneid}|{window_start_ms}".encode()).hexdigest()[:32]
+def action_id(rule_id: str, trigger_message_id: str, window_start_ms: int) -> str:
+    """Same rule, same triggering event, same window: same id, so redelivery never becomes a second SMS. No OneID
+    in it: a trigger armed before its person was merged into another fires after the merge with the id it would
+    have had (docs/identity.md)."""
+    return "act_" + hashlib.sha256(f"{rule_id}|{trigger_message_id}|{window_start_ms}".encode()).hexdigest()[:32]
 
 
 def mask(identifier_type: str, value: str) -> str:

@@ -10,78 +10,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from core.clock import iso
 from core.envelope import Entry
-from core.ids import action_id, oneid_for
+from core.ids import action_id
+from core.person_state import Pending, PersonState
 from core.rows import event_rows
 from rules.loader import RuleSet, TriggerRule
 
-STATE_VERSION = 3
 # messageId de-duplication: ids kept per person, and for how long (event time; CDP_DEDUPE_WINDOW_S).
 # Every event of a person is routed to one partition, so this is correct with any number of workers.
 DEDUPE_MAX_IDS = 1000
 DEDUPE_WINDOW_MS = 7 * 86_400_000
 CONTACT_TYPES = ("phone", "email", "wechat_openid", "wechat_unionid", "miniapp_openid", "device_id", "crm_id")
-
-
-@dataclass(slots=True)
-class Pending:
-    """An armed trigger: ``since`` is the event time of the ``when`` event, ``deadline`` when it fires."""
-
-    since: int
-    deadline: int
-    message_id: str
-
-
-@dataclass(slots=True)
-class PersonState:
-    oneid: str
-    key: str
-    n_events: int = 0
-    first_ts: int = 0
-    last_ts: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    last_seen: dict[str, int] = field(default_factory=dict)  # event name -> latest event time
-    contacts: dict[str, str] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)  # message-id digest -> event time
-    pending: dict[str, Pending] = field(default_factory=dict)  # rule id -> armed trigger
-    fired: dict[str, int] = field(default_factory=dict)  # rule id -> event time it last fired
-    # contact type -> event time of the event that gave its value: a contact is the latest event's, however late
-    # an older one arrives (none for a contact a version 1 or 2 state holds: any event's value replaces it).
-    contacts_at: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def new(cls, key: str) -> PersonState:
-        return cls(oneid=oneid_for(key), key=key)
-
-    def next_deadline(self) -> int | None:
-        if not self.pending:  # the common case, asked twice per person per envelope
-            return None
-        return min(p.deadline for p in self.pending.values())
-
-    def to_bytes(self) -> bytes:
-        # A JSON array in field order (version 3; 2 had no contacts_at): a third cheaper to write than an object
-        # with named fields, and it is written for every person in every sink batch.
-        return orjson.dumps([
-            STATE_VERSION, self.oneid, self.key, self.n_events, self.first_ts, self.last_ts, self.counts,
-            self.last_seen, self.contacts, self.seen,
-            {r: (p.since, p.deadline, p.message_id) for r, p in self.pending.items()} if self.pending else {},
-            self.fired, self.contacts_at,
-        ])
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> PersonState:
-        d = orjson.loads(raw)
-        if isinstance(d, dict):  # version 1: an object with named fields
-            d = [1, d["oneid"], d["key"], d["n"], d["first"], d["last"], d["counts"], d["last_seen"],
-                 d["contacts"], d["seen"], d["pending"], d["fired"]]
-        if len(d) == 12:  # versions 1 and 2: no contacts_at
-            d.append({})
-        _, oneid, key, n, first, last, counts, last_seen, contacts, seen, pending, fired, contacts_at = d
-        return cls(oneid, key, n, first, last, counts, last_seen, contacts, seen,
-                   {r: Pending(*p) for r, p in pending.items()} if pending else {}, fired, contacts_at)
 
 
 @dataclass(slots=True)
@@ -118,6 +58,10 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
     # Locals: this loop runs for every event the person stage takes.
     seen, counts, last_seen, accepted = state.seen, state.counts, state.last_seen, res.accepted
     n0, first0, last0 = n, first, last = state.n_events, state.first_ts, state.last_ts
+    # What a failed fold must put back: these dicts are small (one entry per event name, contact type or rule);
+    # the seen set is not, and is undone by the accepted events' ids instead.
+    counts0, last_seen0, pending0, fired0 = dict(counts), dict(last_seen), dict(state.pending), dict(state.fired)
+    contacts0, contacts_at0 = dict(state.contacts), dict(state.contacts_at)
     duplicates = 0
     try:
         for en in sorted(entries, key=_event_time) if len(entries) > 1 else entries:
@@ -147,12 +91,14 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
         state.n_events, state.first_ts, state.last_ts = n, first, last
         _prune_seen(state, dedupe_window_ms)
     except Exception:
-        # The caller dead-letters these events (a bug, or a stored state that reads but is wrong). Whatever
-        # marked them as taken is undone, so that replaying them after the fix (``cdp dlq replay``) is not
-        # dropped as a duplicate: their ids leave the seen set and the event count and times are as before.
+        # The caller dead-letters these events (a bug, or a stored state that reads but is wrong). The state is
+        # left as it was before the call, so that replaying them after the fix (``cdp dlq replay``) is neither
+        # dropped as a duplicate (their ids leave the seen set) nor counted twice.
         for en in accepted:
             seen.pop(en.digest, None)
         state.n_events, state.first_ts, state.last_ts = n0, first0, last0
+        state.counts, state.last_seen, state.contacts, state.contacts_at = counts0, last_seen0, contacts0, contacts_at0
+        state.pending, state.fired = pending0, fired0
         raise
     res.duplicates = duplicates
     return res
@@ -240,8 +186,13 @@ def _prune_seen(state: PersonState, window_ms: int) -> None:
         return
     horizon = state.last_ts - window_ms
     if len(state.seen) > DEDUPE_MAX_IDS or next(iter(state.seen.values())) < horizon:
-        keep = sorted(((ts, m) for m, ts in state.seen.items() if ts >= horizon), reverse=True)[:DEDUPE_MAX_IDS]
-        state.seen = {m: ts for ts, m in sorted(keep)}
+        state.seen = _pruned(state.seen, horizon)
+
+
+def _pruned(seen: dict[str, int], horizon: int) -> dict[str, int]:
+    """The latest ``DEDUPE_MAX_IDS`` ids seen at or after ``horizon``, oldest first."""
+    keep = sorted(((ts, m) for m, ts in seen.items() if ts >= horizon), reverse=True)[:DEDUPE_MAX_IDS]
+    return {m: ts for ts, m in sorted(keep)}
 
 
 def fire_due(state: PersonState, watermark: int, rules: RuleSet, now_ms: int) -> PersonResult:
@@ -263,7 +214,7 @@ def fire_due(state: PersonState, watermark: int, rules: RuleSet, now_ms: int) ->
             res.dropped.append(Dropped("no_contact", {"rule": rid, "needs": to_type, "oneid": state.oneid}))
             continue
         action = {
-            "action_id": action_id(rid, state.oneid, pend.since),
+            "action_id": action_id(rid, pend.message_id, pend.since),
             "rule_id": rid,
             "rule_version": rule.version,
             "oneid": state.oneid,
@@ -282,3 +233,119 @@ def fire_due(state: PersonState, watermark: int, rules: RuleSet, now_ms: int) ->
         }
         res.actions.append(ActionOut(rule.action.channel.value, state.oneid, action))
     return res
+
+
+# Merging persons (docs/identity.md): when identity resolution merges a OneID into another, the merged-away
+# person's state is folded into the survivor's by one function per field. Each keeps what folding both persons'
+# events into one state would have given (tests/core/test_person.py states it as a property).
+MergeField = Callable[[PersonState, PersonState], None]
+
+
+def _keep(into: PersonState, other: PersonState) -> None:
+    """The survivor's own value (its OneID, and that it is live)."""
+
+
+def _merge_n_events(into: PersonState, other: PersonState) -> None:
+    into.n_events += other.n_events
+
+
+def _merge_first_ts(into: PersonState, other: PersonState) -> None:
+    if other.first_ts and (into.first_ts == 0 or other.first_ts < into.first_ts):  # 0: no event yet
+        into.first_ts = other.first_ts
+
+
+def _merge_last_ts(into: PersonState, other: PersonState) -> None:
+    into.last_ts = max(into.last_ts, other.last_ts)
+
+
+def _merge_counts(into: PersonState, other: PersonState) -> None:
+    counts = into.counts
+    for name, c in other.counts.items():
+        counts[name] = counts.get(name, 0) + c
+
+
+def _merge_latest(into: dict[str, int], other: dict[str, int]) -> None:
+    for k, ts in other.items():
+        if ts > into.get(k, ts - 1):
+            into[k] = ts
+
+
+def _merge_last_seen(into: PersonState, other: PersonState) -> None:
+    _merge_latest(into.last_seen, other.last_seen)
+
+
+def _merge_contacts(into: PersonState, other: PersonState) -> None:
+    """Per contact type, the value of the later event (of two at one time, the greater), as ``_update_contacts``
+    chooses; a value without a time (a version 1 or 2 state's) loses to one with a time."""
+    contacts, contacts_at = into.contacts, into.contacts_at
+    for t, v in other.contacts.items():
+        at = other.contacts_at.get(t)
+        mine = contacts.get(t)
+        if mine is None or _contact_rank(at, v) > _contact_rank(contacts_at.get(t), mine):
+            contacts[t] = v
+            if at is None:
+                contacts_at.pop(t, None)
+            else:
+                contacts_at[t] = at
+
+
+def _contact_rank(at: int | None, value: str) -> tuple[bool, int, str]:
+    return (at is not None, at or 0, value)
+
+
+def _merge_seen(into: PersonState, other: PersonState) -> None:
+    """The union (an id in both: the later time); ``merge_states`` then prunes it as a fold does, once
+    ``last_ts`` is merged."""
+    _merge_latest(into.seen, other.seen)
+
+
+def _merge_pending(into: PersonState, other: PersonState) -> None:
+    """Per rule, the earlier arming (by event time, then messageId): the one a fold of both persons' events keeps."""
+    pending = into.pending
+    for rid, p in other.pending.items():
+        mine = pending.get(rid)
+        if mine is None or (p.since, p.message_id) < (mine.since, mine.message_id):
+            pending[rid] = p
+
+
+def _merge_fired(into: PersonState, other: PersonState) -> None:
+    _merge_latest(into.fired, other.fired)
+
+
+def _merge_absorbed(into: PersonState, other: PersonState) -> None:
+    into.absorbed = sorted({*into.absorbed, *other.absorbed, other.oneid} - {into.oneid})
+
+
+# One merge function for every field of PersonState (a test checks none is missing), in the order they run.
+MERGE_FIELDS: dict[str, MergeField] = {
+    "oneid": _keep,
+    "n_events": _merge_n_events,
+    "first_ts": _merge_first_ts,
+    "last_ts": _merge_last_ts,
+    "counts": _merge_counts,
+    "last_seen": _merge_last_seen,
+    "contacts": _merge_contacts,
+    "contacts_at": _keep,  # merged with the contacts they date (``_merge_contacts``)
+    "seen": _merge_seen,
+    "pending": _merge_pending,
+    "fired": _merge_fired,
+    "absorbed": _merge_absorbed,
+    "merged_into": _keep,
+}
+
+
+def merge_states(into: PersonState, other: PersonState, dedupe_window_ms: int = DEDUPE_WINDOW_MS) -> None:
+    """Merge ``other``'s state into ``into``'s, field by field (``MERGE_FIELDS``). ``other`` is left as it was.
+    Merging the same state twice counts it twice: callers go through ``absorb``."""
+    for merge in MERGE_FIELDS.values():
+        merge(into, other)
+    into.seen = _pruned(into.seen, into.last_ts - dedupe_window_ms)
+
+
+def absorb(into: PersonState, other: PersonState, dedupe_window_ms: int = DEDUPE_WINDOW_MS) -> bool:
+    """Merge ``other`` into ``into`` once: False (and nothing changed) when ``into`` already absorbed that OneID,
+    or is it."""
+    if other.oneid == into.oneid or other.oneid in into.absorbed:
+        return False
+    merge_states(into, other, dedupe_window_ms)
+    return True

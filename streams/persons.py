@@ -308,9 +308,9 @@ class PersonStage:
     def _unprocessable(self, pk: str, entries: list[Entry], exc: Exception, partition: int, offset: int,
                        now_ms: int) -> list[KeyedBadRow]:
         """One bad row per event of a person whose processing raised, each with the event as an app could send
-        it again (``cdp dlq replay`` after the fix). The failed call leaves none of them recorded as seen
-        (``apply_events`` undoes that), so the replay is taken, not dropped as a duplicate; what else it had
-        changed (counts, contacts, armed triggers) stays."""
+        it again (``cdp dlq replay`` after the fix). The failed call leaves the person's state as it was
+        (``apply_events`` undoes all it did), so the replay is taken, not dropped as a duplicate nor counted
+        twice."""
         log.error("person %s at %s:%s:%s: %d events dead-lettered", pk, self.topic, partition, offset,
                   len(entries), exc_info=exc)
         out: list[KeyedBadRow] = []

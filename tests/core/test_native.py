@@ -59,7 +59,7 @@ for start in range(0, len(events), 997):
 for pk in sorted(states):
     fired = fire_due(states[pk], now, rules, now)
     out += [action_row(a.action) for a in fired.actions]
-    out.append(states[pk].to_bytes())
+    out.append(states[pk].to_bytes().hex().encode())  # msgpack: hex, to keep to one text line
 sys.stdout.buffer.write(b"\n".join(line.replace(b"\n", b"\\n") for line in out))
 """
 

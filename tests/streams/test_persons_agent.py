@@ -9,7 +9,7 @@ import pytest
 
 from config.settings import Settings
 from core.envelope import encode_entry, encode_envelopes
-from core.ids import oneid_for, partition_for
+from core.ids import partition_for
 from core.person import PersonState
 from streams.app import build_pipeline
 
@@ -98,13 +98,13 @@ async def test_agent_sinks_events_keeps_state_and_fires_the_trigger_at_the_water
 
     events = pipeline.sink.rows("events")
     assert sorted(r["message_id"] for r in events) == ["c1", "i1"]  # the redelivered copy is not sunk again
-    assert {r["oneid"] for r in events} == {oneid_for(pk)}
+    assert {r["oneid"] for r in events} == {pk}  # a person is keyed by their OneID
     (ident_row,) = [r for r in events if r["message_id"] == "i1"]
     assert ident_row["identities"]["phone"] == "138****8000"  # masked, never the raw number
     assert len(pipeline.sent) == 1
     channel, key, value = pipeline.sent[0]
     action = orjson.loads(value)
-    assert channel == "sms" and key == oneid_for(pk).encode() and action["to"] == {"phone": "13800138000"}
+    assert channel == "sms" and key == pk.encode() and action["to"] == {"phone": "13800138000"}
     assert [r["action_id"] for r in pipeline.sink.rows("actions")] == [action["action_id"]]
     state = PersonState.from_bytes(pipeline.stage.store.get(0, pk.encode()))
     assert state.n_events == 2 and state.pending == {} and "cart_not_paid_sms" in state.fired
