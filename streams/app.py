@@ -29,6 +29,7 @@ from sinks.clickhouse import FEEDBACK_COLUMNS, ClickHouseSink
 from streams import metrics
 from streams.admin import start_admin
 from streams.collector import Collector, mount_on_faust
+from streams.identity import LinkWriter
 from streams.ingest import Ingest
 from streams.kafka import batch_producer, faust_broker_url
 from streams.persons import PersonStage
@@ -186,10 +187,16 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
         return await dlq_topic.send(key=key, value=value, headers=row.kafka_headers())
 
     state = TableState(table, None)
+    async def send_forward(partition: int, key: bytes, value: bytes) -> Any:
+        if state.producer is not None:
+            return await state.producer.send(settings.person_events_topic, value, key=key, partition=partition)
+        return await person_topic.send(key=key, value=value, partition=partition)
+
     stage = PersonStage(rules, state, sink, send_action, settings.partitions, settings.person_events_topic,
                         int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes,
                         settings.state_cache_persons, settings.sink_insert_threads,
-                        send_bad_row=send_bad_row, raw_topic=settings.raw_topic)
+                        send_bad_row=send_bad_row, raw_topic=settings.raw_topic, send_forward=send_forward)
+    _link_writer(app, settings, rules, sink, changelog_to_kafka, person_topic)
 
     @app.agent(person_topic, name="persons")
     async def persons(stream: Any) -> None:  # a faust.Stream (its stubs lack noack, take_events)
@@ -287,6 +294,48 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
             for _, row in bad:
                 metrics.bad_rows.labels(row.stage.value, row.reason).inc()
     return stage, persons
+
+
+def _link_writer(app: faust.App, settings: Settings, rules: RuleSet, sink: ClickHouseSink | None,
+                 changelog_to_kafka: bool, person_topic: Any) -> LinkWriter:
+    """The link writer's agent (streams/identity.py): one partition, so one worker runs it at a time."""
+    identity_topic = app.topic(settings.identity_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                               value_serializer="raw", partitions=1)
+    table = app.Table("identity", key_type=bytes, value_type=bytes, partitions=1, default=None)
+    state = TableState(table, None)
+    topics: dict[str, Any] = {settings.person_events_topic: person_topic}
+
+    async def send(topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
+        if state.producer is not None:
+            return await state.producer.send(topic, value, key=key, partition=partition)
+        t = topics.get(topic)
+        if t is None:
+            t = topics[topic] = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                          value_serializer="raw")
+        return await t.send(key=key, value=value, partition=partition)
+
+    writer = LinkWriter(rules, state, sink, send, salt=settings.pii_salt, partitions=settings.partitions,
+                        topic=settings.identity_topic, person_topic=settings.person_events_topic,
+                        directory_topic=settings.identity_directory_topic,
+                        profile_topic=settings.profile_changes_topic, dlq_topic=settings.dlq_topic)
+
+    @app.agent(identity_topic, name="identity")
+    async def identity(stream: Any) -> None:  # a faust.Stream
+        # Batches of envelopes: Faust acknowledges a batch's events when the next is asked for, so its effects
+        # (ClickHouse, messages, records) are all done first.
+        if changelog_to_kafka and state.producer is None:
+            state.producer = batch_producer(settings, f"{settings.app_id}-identity", linger_ms=0)
+            await state.producer.start()
+        try:
+            async for events in stream.take_events(50, within=0.05):
+                fx = writer.process((ev.message.offset, ev.value) for ev in events)
+                await writer.complete(fx)
+        finally:
+            if state.producer is not None:
+                producer, state.producer = state.producer, None
+                await producer.stop()
+
+    return writer
 
 
 def health(p: Pipeline) -> dict[str, Any]:

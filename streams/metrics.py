@@ -51,3 +51,12 @@ directory_hits = Counter("cdp_identity_directory_hits_total",
 directory_misses = Counter("cdp_identity_directory_misses_total",
                            "events the directory replica could not resolve (an identifier it does not know, two "
                            "persons): sent to the link writer", registry=REGISTRY)
+identity_events = Counter("cdp_identity_events_total",
+                          "events the link writer resolved (those the ingest's directory could not)", registry=REGISTRY)
+identity_links = Counter("cdp_identity_links_total", "identity links made", registry=REGISTRY)
+identity_merges = Counter("cdp_identity_merges_total", "OneIDs merged into another", registry=REGISTRY)
+identity_refusals = Counter("cdp_identity_refusals_total", "identity links refused, by the rule they would break",
+                            ["reason"], registry=REGISTRY)
+identity_splits = Counter("cdp_identity_splits_total", "identity splits carried out", registry=REGISTRY)
+identifiers_per_person = Histogram("cdp_identifiers_per_person", "identifiers of a person when a link changed it",
+                                   buckets=(1, 2, 3, 5, 10, 20, 50, 100, 200), registry=REGISTRY)

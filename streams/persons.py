@@ -28,9 +28,10 @@ import orjson
 from core import exact_json
 from core.batching import BatchCutter, SinkBatch
 from core.clock import iso
-from core.envelope import Entry, NewerEnvelopeError, decode_envelope, entry_event
+from core.envelope import EncodedEntry, Entry, NewerEnvelopeError, decode_envelope, encode_envelopes, entry_event
 from core.ids import partition_for
 from core.person import PersonState, fire_due, fold_entries
+from core.person_merge import apply_command, decode_command, is_command
 from core.rows import action_row
 from core.timers import TimerQueue, WatermarkTracker
 from rules.loader import RuleSet
@@ -55,6 +56,8 @@ ActionSender = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 # Sends one bad row (key, row) to the dead-letter topic and returns an awaitable acknowledgement.
 BadRowSender = Callable[[bytes | None, BadRow], Awaitable[Awaitable[Any]]]
 KeyedBadRow = tuple[bytes | None, BadRow]
+# Sends one message (partition, key, value) to this stage's own topic and returns an awaitable acknowledgement.
+ForwardSender = Callable[[int, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 
 def _failure(payload: bytes, reason: str, exc: Exception, now_ms: int, **source: Any) -> BadRow:
@@ -82,6 +85,9 @@ class Effects:
     # What this stage could not process, to the dead-letter topic: an undecodable envelope; the events of a
     # person whose processing raised; a person whose timers raised (one of them never stops the partition).
     bad_rows: list[KeyedBadRow] = field(default_factory=list)
+    # Messages to other partitions of this stage's own topic, (partition, key, value): merge commands carried on,
+    # events of a OneID merged away forwarded to its survivor. Sent, acknowledged, before the states are written.
+    forwards: list[tuple[int, bytes, bytes]] = field(default_factory=list)
 
 
 def merge_effects(batch: SinkBatch, topic: str) -> Effects:
@@ -95,13 +101,16 @@ def merge_effects(batch: SinkBatch, topic: str) -> Effects:
     actions: list[tuple[str, str, dict[str, Any]]] = []
     persons: dict[str, PersonState] = {}
     bad_rows: list[KeyedBadRow] = []
+    forwards: list[tuple[int, bytes, bytes]] = []
     for fx in parts:
         lines.extend(fx.event_lines)
         actions.extend(fx.actions)
         persons.update(fx.persons)
         bad_rows.extend(fx.bad_rows)
+        forwards.extend(fx.forwards)
     return Effects(parts[-1].seq, batch.partition, batch.token(topic), lines, actions, persons,
-                   sum(fx.cpu_s for fx in parts), batch.entries, parts[-1].flush, len(parts), bad_rows=bad_rows)
+                   sum(fx.cpu_s for fx in parts), batch.entries, parts[-1].flush, len(parts), bad_rows=bad_rows,
+                   forwards=forwards)
 
 
 @dataclass
@@ -120,12 +129,14 @@ class PersonStage:
                  partitions: int, topic: str, dedupe_window_ms: int = 7 * 86_400_000,
                  batch_rows: int = 20_000, batch_envelopes: int = 50, cache_persons: int = 50_000,
                  insert_threads: int = 1, checkpoint_rows: int | None = None,
-                 send_bad_row: BadRowSender | None = None, raw_topic: str = "cdp.events.raw"):
+                 send_bad_row: BadRowSender | None = None, raw_topic: str = "cdp.events.raw",
+                 send_forward: ForwardSender | None = None):
         self.rules = rules
         self.store = store
         self.sink = sink
         self.send_action = send_action
         self.send_bad_row = send_bad_row  # None: bad rows are logged and counted only (tools, tests)
+        self.send_forward = send_forward  # None: merges and forwarded events are logged and dropped (tools, tests)
         self.raw_topic = raw_topic  # where the events of an entry came from (a bad row's source)
         self.partitions = partitions
         self.topic = topic
@@ -250,6 +261,8 @@ class PersonStage:
         if not self._timers_loaded:
             self._load_timers()
         now_ms = int(time.time() * 1000)
+        if is_command(value):
+            return self._command(partition, offset, value, now_ms, t0)
         try:
             env = decode_envelope(value)
         except NewerEnvelopeError:
@@ -266,7 +279,8 @@ class PersonStage:
                            bad_rows=[(None, bad)])
         states: dict[str, PersonState] = {}
         bad_rows: list[KeyedBadRow] = []
-        fold = fold_entries(env.entries, lambda pk: self._state(states, partition, pk), self.rules,
+        live, forwards = self._forward_merged(env.entries, states, partition, env.source, env.watermark)
+        fold = fold_entries(live, lambda pk: self._state(states, partition, pk), self.rules,
                             self.dedupe_window_ms)
         for pk, entries, err in fold.failed:
             bad_rows += self._unprocessable(pk, entries, err, partition, offset, now_ms)
@@ -296,14 +310,72 @@ class PersonStage:
             if nxt is not None:
                 self.timers.schedule(partition, nxt, pk)
         self._seq += 1
+        self._touch(partition, states)
+        return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", fold.event_lines, actions,
+                       states, time.perf_counter() - t0,
+                       len(env.entries), env.flush, bad_rows=bad_rows, forwards=forwards)
+
+    def _touch(self, partition: int, states: dict[str, PersonState]) -> None:
         cache, unwritten = self._cache, self._unwritten
         for pk, st in states.items():
             cache.pop(pk, None)  # to the most recently used end
             cache[pk] = (partition, st)
             unwritten[pk] = self._seq
-        return Effects(self._seq, partition, f"{self.topic}:{partition}:{offset}", fold.event_lines, actions,
-                       states, time.perf_counter() - t0,
-                       len(env.entries), env.flush, bad_rows=bad_rows)
+
+    def _forward_merged(self, entries: tuple[Entry, ...], states: dict[str, PersonState], partition: int,
+                        source: str, watermark: int) -> tuple[tuple[Entry, ...], list[tuple[int, bytes, bytes]]]:
+        """The entries of live persons, and envelopes forwarding the others' (a OneID merged away, reached through
+        a directory replica that was behind) to their survivors' partitions."""
+        moved: dict[str, list[EncodedEntry]] = {}
+        for pk in {en.pk for en in entries}:
+            into = self._state(states, partition, pk).merged_into
+            if into:
+                moved[pk] = []
+        if not moved:
+            return entries, []
+        keep = []
+        by_target: dict[str, list[EncodedEntry]] = {}
+        for en in entries:
+            if en.pk in moved:
+                into = states[en.pk].merged_into
+                by_target.setdefault(into, []).append(en.encoded(into))
+            else:
+                keep.append(en)
+        for pk in moved:
+            del states[pk]  # nothing of theirs changed: not written again
+        out = []
+        for into, group in by_target.items():
+            p = partition_for(into, self.partitions)
+            out += [(p, into.encode(), raw) for raw in encode_envelopes(source, watermark, group, True)]
+        return tuple(keep), out
+
+    def _command(self, partition: int, offset: int, value: bytes, now_ms: int, t0: float) -> Effects:
+        """A merge or absorb command (core.person_merge) on the state it is addressed to."""
+        self._seq += 1
+        token = f"{self.topic}:{partition}:{offset}"
+        states: dict[str, PersonState] = {}
+        forwards: list[tuple[int, bytes, bytes]] = []
+        try:
+            cmd = decode_command(value)
+            pk = cmd.from_oneid if cmd.cmd == "merge" else cmd.into_oneid
+            st = self._state(states, partition, pk)
+            before = st.next_deadline()
+            out = apply_command(cmd, st)
+        except Exception as exc:  # a bad command is dead-lettered and skipped, never a crash
+            log.error("person command at %s:%s:%s failed: %r", self.topic, partition, offset, exc)
+            bad = _failure(value, "bad_command", exc, now_ms, topic=self.topic, partition=partition, offset=offset)
+            return Effects(self._seq, partition, token, [], [], {}, 0.0, bad_rows=[(None, bad)])
+        if out.send is not None:
+            forwards.append((partition_for(out.to, self.partitions), out.to.encode(), out.send))
+        if not out.changed:
+            states.clear()
+        else:
+            after = st.next_deadline()
+            if after is not None and after != before:
+                self.timers.schedule(partition, after, pk)
+        self._touch(partition, states)
+        return Effects(self._seq, partition, token, [], [], states, time.perf_counter() - t0, 0, True,
+                       forwards=forwards)
 
     def _unprocessable(self, pk: str, entries: list[Entry], exc: Exception, partition: int, offset: int,
                        now_ms: int) -> list[KeyedBadRow]:
@@ -342,6 +414,11 @@ class PersonStage:
         # Actions and bad rows sent together, all acknowledged before the state is written and the batch's
         # envelopes are (at-least-once). Without a sender (tools, tests) bad rows are only logged and counted.
         acks = [await self.send_action(ch, oneid.encode(), orjson.dumps(a)) for ch, oneid, a in fx.actions]
+        if fx.forwards:
+            if self.send_forward is None:
+                log.error("%d messages to other partitions dropped: this stage has no sender", len(fx.forwards))
+            else:
+                acks += [await self.send_forward(p, key, value) for p, key, value in fx.forwards]
         if self.send_bad_row is not None:
             acks += [await self.send_bad_row(key, row) for key, row in fx.bad_rows]
         for ack in acks:

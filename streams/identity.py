@@ -1,0 +1,215 @@
+"""The link writer: the one place identity links are decided (docs/identity.md).
+
+It reads envelopes of events the ingest could not resolve (``<prefix>.internal.identity``, one partition), resolves
+each event with ``core.identity.IdentityGraph`` over its RocksDB table, and for each batch:
+
+1. inserts the decisions into ClickHouse (identities, identity_merges, identity_links, identity_refusals), with
+   tokens of the batch's offsets;
+2. sends, all acknowledged: the events, now keyed by their OneID, in envelopes to the person stage's partitions;
+   a ``merge`` command to the partition of every OneID merged away (``core.person_merge``); the directory records
+   every ingest's replica reads; ``identity_merged`` on ``cdp.profile.changes``;
+3. writes the graph records it changed (one write per record per batch), and only then lets the batch's offsets be
+   committed.
+
+A crash replays the batch from the state before it and makes the same decisions: ClickHouse's tables collapse the
+rows again, the person stage drops the events as messageId duplicates and applies an ``absorb`` once, the
+directory's records are the same puts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from core.clock import iso
+from core.envelope import EncodedEntry, NewerEnvelopeError, decode_envelope, encode_envelopes
+from core.identity import (
+    IdentityGraph,
+    IdRecord,
+    PersonRecord,
+    Resolution,
+    decode_id,
+    decode_person,
+    encode_record,
+)
+from core.identity_rows import IDENTITY_TABLES, resolution_lines
+from core.ids import partition_for
+from core.person_merge import merge_command
+from rules.loader import RuleSet
+from schemas.bad_rows import BadRow, Stage
+from sinks.clickhouse import ClickHouseSink
+from streams import metrics
+from streams.directory import directory_records
+from streams.sink_writer import SinkWriter
+
+log = logging.getLogger("cdp.identity")
+
+# Sends (topic, key, value, partition) and returns an awaitable acknowledgement.
+Sender = Callable[[str, bytes | None, bytes, int | None], Awaitable[Awaitable[Any]]]
+
+
+class RecordStore:
+    """The graph's records over the link writer's table partition (``streams.state.TableState``):
+    ``i:<hash>`` -> IdRecord, ``p:<oneid>`` -> PersonRecord, msgpack."""
+
+    def __init__(self, table_state: Any, partition: int = 0):
+        self.state = table_state
+        self.partition = partition
+
+    def get_id(self, id_hash: str) -> IdRecord | None:
+        raw = self.state.get(self.partition, b"i:" + id_hash.encode())
+        return decode_id(raw) if raw is not None else None
+
+    def get_person(self, oneid: str) -> PersonRecord | None:
+        raw = self.state.get(self.partition, b"p:" + oneid.encode())
+        return decode_person(raw) if raw is not None else None
+
+    @staticmethod
+    def encode(ids: dict[str, IdRecord], persons: dict[str, PersonRecord]) -> dict[bytes, bytes]:
+        out = {b"i:" + h.encode(): encode_record(r) for h, r in ids.items()}
+        out.update({b"p:" + o.encode(): encode_record(r) for o, r in persons.items()})
+        return out
+
+
+@dataclass(slots=True)
+class LinkEffects:
+    token: str
+    tables: dict[str, list[bytes]] = field(default_factory=dict)  # ClickHouse lines by table
+    messages: list[tuple[str, bytes | None, bytes, int | None]] = field(default_factory=list)
+    records: dict[bytes, bytes] = field(default_factory=dict)  # graph records to write
+    bad_rows: list[tuple[bytes | None, BadRow]] = field(default_factory=list)
+    events: int = 0
+    links: int = 0
+    merges: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)  # identifiers of each person a link changed
+
+
+def directory_messages(topic: str, decided: Sequence[Resolution | Any]) -> list[
+        tuple[str, bytes | None, bytes, int | None]]:
+    """The directory records of a batch's resolutions (or a split), one per key, merge pointers first
+    (``streams.directory.directory_records``)."""
+    records = directory_records([r for res in decided for r in res.identities],
+                                [m for res in decided for m in res.merges])
+    return [(topic, key, value, 0) for key, value in records]
+
+
+def merge_messages(person_topic: str, partitions: int, res: Resolution | Any) -> list[
+        tuple[str, bytes | None, bytes, int | None]]:
+    """A ``merge`` command to the partition of every OneID merged away (splits need none: their state is rebuilt)."""
+    return [(person_topic, m.from_oneid.encode(), merge_command(m.from_oneid, m.into_oneid, m.at, m.message_id),
+             partition_for(m.from_oneid, partitions)) for m in res.merges if m.op == "merge"]
+
+
+def profile_change(m: Any, rule_version: int) -> bytes:
+    kind = "identity_merged" if m.op == "merge" else "identity_split"
+    return orjson.dumps({"type": kind, "from_oneid": m.from_oneid, "into_oneid": m.into_oneid, "at": iso(m.at),
+                         "message_id": m.message_id, "reason": m.reason, "rule_version": rule_version})
+
+
+class LinkWriter:
+    def __init__(self, rules: RuleSet, store: Any, sink: ClickHouseSink | None, send: Sender, *, salt: str,
+                 partitions: int, topic: str, person_topic: str, directory_topic: str, profile_topic: str,
+                 dlq_topic: str):
+        self.rules = rules
+        self.graph = IdentityGraph(rules.identity, salt, RecordStore(store))
+        self.store = store
+        self.sink = sink
+        self.writer = SinkWriter(sink) if sink is not None else None
+        self.send = send
+        self.partitions = partitions
+        self.topic = topic
+        self.person_topic = person_topic
+        self.directory_topic = directory_topic
+        self.profile_topic = profile_topic
+        self.dlq_topic = dlq_topic
+        self.version = rules.identity.version
+        self.stats = {"events": 0, "links": 0, "merges": 0, "refusals": 0}
+
+    def process(self, batch: Iterable[tuple[int, bytes]]) -> LinkEffects:
+        """Resolve a batch of envelopes ``(offset, value)`` (no I/O but the table's reads)."""
+        items = list(batch)
+        now_ms = int(time.time() * 1000)
+        first, last = (items[0][0], items[-1][0]) if items else (0, 0)
+        fx = LinkEffects(f"{self.topic}:0:{first}-{last}")
+        decided: list[Resolution] = []
+        for offset, value in items:
+            try:
+                env = decode_envelope(value)
+            except NewerEnvelopeError:
+                raise  # left unacknowledged for an upgraded worker
+            except Exception as exc:
+                log.error("undecodable envelope at %s:0:%s: %r", self.topic, offset, exc)
+                fx.bad_rows.append((None, BadRow.of(value, Stage.process, "bad_envelope",
+                                                    [{"field": "$", "error": repr(exc)}], iso(now_ms),
+                                                    source={"topic": self.topic, "partition": 0, "offset": offset})))
+                continue
+            by_partition: dict[int, list[EncodedEntry]] = {}
+            for en in env.entries:
+                if not en.ids:
+                    fx.bad_rows.append((None, BadRow.of(orjson.dumps({"message_id": en.message_id}), Stage.process,
+                                                        "no_identifier", [], iso(now_ms),
+                                                        source={"topic": self.topic, "partition": 0,
+                                                                "offset": offset})))
+                    continue
+                res = self.graph.resolve(en.ids, en.ts, en.message_id)
+                fx.events += 1
+                by_partition.setdefault(partition_for(res.oneid, self.partitions), []).append(en.encoded(res.oneid))
+                if res.links or res.merges or res.refusals or res.identities:
+                    decided.append(res)
+                    self._decided(res, fx)
+            for p, entries in by_partition.items():
+                for raw in encode_envelopes(env.source, env.watermark, entries, env.flush):
+                    fx.messages.append((self.person_topic, None, raw, p))
+        ids, persons = self.graph.take_writes()
+        fx.records = RecordStore.encode(ids, persons)
+        self.graph.forget()
+        fx.tables = {t: v for t, v in resolution_lines(decided, self.version).items() if v}
+        fx.messages.extend(directory_messages(self.directory_topic, decided))
+        return fx
+
+    def _decided(self, res: Resolution, fx: LinkEffects) -> None:
+        fx.messages.extend(merge_messages(self.person_topic, self.partitions, res))
+        for m in res.merges:
+            fx.messages.append((self.profile_topic, m.into_oneid.encode(), profile_change(m, self.version), None))
+        fx.links += len(res.links)
+        fx.merges += len(res.merges)
+        for r in res.refusals:
+            fx.refusals[r.reason] = fx.refusals.get(r.reason, 0) + 1
+        if res.links:
+            rec = self.graph.record(res.oneid)
+            if rec is not None:
+                fx.sizes.append(len(rec.ids))
+
+    async def complete(self, fx: LinkEffects) -> None:
+        """(1) ClickHouse, (2) every message, acknowledged, (3) the graph's records."""
+        if self.writer is not None:
+            for table, rows in fx.tables.items():
+                refused = await self.writer.insert(table, rows, IDENTITY_TABLES[table], f"{fx.token}:{table}")
+                for r in refused:  # a row ClickHouse refuses is logged; the decision it records stands in the graph
+                    log.error("%s row refused by ClickHouse: %s", table, r.error)
+        acks = [await self.send(topic, key, value, partition) for topic, key, value, partition in fx.messages]
+        acks += [await self.send(self.dlq_topic, key, row.model_dump_json().encode(), None)
+                 for key, row in fx.bad_rows]
+        for ack in acks:
+            await ack
+        if fx.records:
+            await self.store.write(0, fx.records)
+        self.stats["events"] += fx.events
+        self.stats["links"] += fx.links
+        self.stats["merges"] += fx.merges
+        self.stats["refusals"] += sum(fx.refusals.values())
+        metrics.identity_events.inc(fx.events)
+        metrics.identity_links.inc(fx.links)
+        metrics.identity_merges.inc(fx.merges)
+        for reason, n in fx.refusals.items():
+            metrics.identity_refusals.labels(reason.split(":")[0]).inc(n)
+        for n in fx.sizes:
+            metrics.identifiers_per_person.observe(n)
+        for _, row in fx.bad_rows:
+            metrics.bad_rows.labels(row.stage.value, row.reason).inc()
