@@ -1,29 +1,9 @@
-"""Identifiers: person keys, OneIDs, action ids, routing, and the contract's hashing and masking of PII."""
+"""Identifiers: the contract's hashing of identifiers, OneIDs, action ids, routing, and masking of PII."""
 
 from __future__ import annotations
 
 import hashlib
 import zlib
-
-# Provisional OneID order: the first present of these names the person until identity resolution (roadmap 1).
-PERSON_KEY_ORDER = ("user_id", "crm_id", "phone", "email", "wechat_unionid", "miniapp_openid", "wechat_openid",
-                    "device_id", "anonymous_id")
-
-
-def person_key(user_id: str | None, anonymous_id: str | None, identities: dict[str, str]) -> str | None:
-    """``type:value`` of the identifier that names this event's person, or None when there is none."""
-    if user_id:
-        return f"user_id:{user_id}"
-    for t in PERSON_KEY_ORDER[1:-1]:
-        v = identities.get(t)
-        if v:
-            return f"{t}:{v}"
-    if anonymous_id:
-        return f"anonymous_id:{anonymous_id}"
-    for t in sorted(identities):
-        if identities[t]:
-            return f"{t}:{identities[t]}"
-    return None
 
 
 def identifier_hash(salt: str, id_type: str, value: str) -> str:
@@ -35,11 +15,6 @@ def oneid_for_hash(salt: str, id_hash: str) -> str:
     """The OneID of a person whose anchor is this identifier: opaque, and without the salt no phone number can be
     tried against it."""
     return "o_" + hashlib.sha256(("oneid" + salt + id_hash).encode()).hexdigest()[:24]
-
-
-def oneid_for(key: str) -> str:
-    """Deterministic OneID for a person key: the same person gets the same id on every worker and replay."""
-    return "o_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def partition_for(key: str, partitions: int) -> int:

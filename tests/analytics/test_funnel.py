@@ -14,12 +14,11 @@ import pytest
 from analytics.funnels import funnel_sql, funnel_table
 from analytics.sql import Query
 from core.envelope import decode_envelope, encode_envelopes
-from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row, row_dict
 from sinks.clickhouse import EVENT_COLUMNS
 from tests.analytics.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan, resolver
-from tests.core.helpers import RULES
+from tests.core.helpers import RULES, every_identifier_known
 from traffic.shop import generate
 
 STEPS = ["product_view", "add_to_cart", "checkout_start", "order_paid"]
@@ -154,9 +153,10 @@ def parse(lines: list[bytes]) -> list[Row]:
 def loaded(chdb_sink) -> list[Row]:
     chdb_sink.migrate()
     raw = [orjson.dumps(e) for e in generate(300, 3, seed=99, end=END)]
-    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW,
+                         resolve=every_identifier_known())
     entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
-    lines = [event_row(en, oneid_for(en.pk)) for en in entries]
+    lines = [event_row(en, en.pk) for en in entries]
     chdb_sink.insert_json("events", lines, EVENT_COLUMNS, token="funnel-test", compact=True)
     handmade = handmade_rows(400, seed=5)
     chdb_sink.insert_json("events", handmade, ["message_id", "oneid", "type", "event", "ts", "received_at",

@@ -19,12 +19,11 @@ import pytest
 from analytics import insights
 from cdp_cli.main import main
 from core.envelope import Entry, decode_envelope, encode_envelopes
-from core.ids import oneid_for
 from core.ingest import RawRecord, epoch_ms, ingest_records
 from core.rows import event_row
 from sinks.clickhouse import EVENT_COLUMNS
 from tests.analytics.identity_merges import MERGE_COLUMNS, merge_lines, resolver
-from tests.core.helpers import RULES
+from tests.core.helpers import RULES, every_identifier_known, oneid_of
 from traffic.shop import CAMPAIGNS, EXPERIMENT_ID, generate
 
 NOW = 1_790_000_000_000
@@ -48,16 +47,17 @@ class Ev:
 def load(sink: Any, raw_events: list[dict[str, Any]], token: str) -> list[Ev]:
     """Through the pipeline's own path: ingest -> envelopes -> event_row -> insert."""
     raw = [orjson.dumps(e) for e in raw_events]
-    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW,
+                         resolve=every_identifier_known())
     entries: list[Entry] = [en for env in encode_envelopes("s", 0, res.entries[0])
                             for en in decode_envelope(env).entries]
-    sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS, token=token,
+    sink.insert_json("events", [event_row(en, en.pk) for en in entries], EVENT_COLUMNS, token=token,
                      compact=True)
     out = []
     for en in entries:
         ev = en.event
         c = (ev.get("context") or {}).get("campaign") or {}
-        out.append(Ev(oneid_for(en.pk), ev["message_id"], ev.get("event") or ev["type"], en.ts,
+        out.append(Ev(en.pk, ev["message_id"], ev.get("event") or ev["type"], en.ts,
                       ev.get("properties") or {}, (c.get("source", ""), c.get("medium", ""), c.get("name", ""))))
     return out
 
@@ -75,7 +75,7 @@ def merge_pairs(evs: list[Ev]) -> list[tuple[str, str]]:
     oneids = {e.oneid for e in evs}
     pairs = []
     for i in range(USERS):
-        anon, user = oneid_for(f"anonymous_id:anon-{SEED}-{i:06d}"), oneid_for(f"user_id:u{SEED}-{i:06d}")
+        anon, user = oneid_of("anonymous_id", f"anon-{SEED}-{i:06d}"), oneid_of("user_id", f"u{SEED}-{i:06d}")
         if anon in oneids and user in oneids:
             pairs.append((anon, user))
     merged = {f for f, _ in pairs}

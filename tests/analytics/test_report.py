@@ -12,11 +12,10 @@ import orjson
 from analytics.funnels import funnel_sql, funnel_table, retention_sql
 from analytics.report import ReportData, gather, render_report, retention_matrix
 from core.envelope import decode_envelope, encode_envelopes
-from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row
 from sinks.clickhouse import ACTION_COLUMNS, EVENT_COLUMNS, FEEDBACK_COLUMNS
-from tests.core.helpers import RULES
+from tests.core.helpers import RULES, every_identifier_known
 from traffic.shop import generate
 
 NOW = 1_790_000_000_000
@@ -78,9 +77,10 @@ class Page(HTMLParser):
 
 def load(sink):
     raw = [orjson.dumps(e) for e in generate(400, 20, seed=33, end=END)]
-    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW,
+                         resolve=every_identifier_known())
     entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
-    sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS,
+    sink.insert_json("events", [event_row(en, en.pk) for en in entries], EVENT_COLUMNS,
                      token="report-test-events", compact=True)
     actions = []
     for day, by_channel in ACTION_DAYS.items():

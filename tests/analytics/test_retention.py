@@ -10,12 +10,11 @@ import pytest
 
 from analytics.funnels import format_retention, retention_sql
 from core.envelope import decode_envelope, encode_envelopes
-from core.ids import oneid_for
 from core.ingest import RawRecord, ingest_records
 from core.rows import event_row
 from sinks.clickhouse import EVENT_COLUMNS
 from tests.analytics.identity_merges import MERGE_COLUMNS, merge_lines, merge_plan, resolver
-from tests.core.helpers import RULES
+from tests.core.helpers import RULES, every_identifier_known
 from traffic.shop import generate
 
 NOW = 1_790_000_000_000
@@ -54,11 +53,12 @@ def brute_force(rows: list[tuple[str, str, int]], period: str, periods: int, eve
 def loaded(chdb_sink):
     chdb_sink.migrate()
     raw = [orjson.dumps(e) for e in generate(400, 21, seed=77, end=END)]
-    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW)
+    res = ingest_records([RawRecord("raw", 0, i, NOW, None, v) for i, v in enumerate(raw)], RULES, 1, NOW,
+                         resolve=every_identifier_known())
     entries = [en for env in encode_envelopes("s", 0, res.entries[0]) for en in decode_envelope(env).entries]
-    chdb_sink.insert_json("events", [event_row(en, oneid_for(en.pk)) for en in entries], EVENT_COLUMNS,
+    chdb_sink.insert_json("events", [event_row(en, en.pk) for en in entries], EVENT_COLUMNS,
                           token="retention-test", compact=True)
-    return [(oneid_for(en.pk), en.event.get("event") or en.event["type"], en.ts) for en in entries]
+    return [(en.pk, en.event.get("event") or en.event["type"], en.ts) for en in entries]
 
 
 CASES = [("week", 3, None), ("day", 10, None), ("day", 7, "order_paid")]

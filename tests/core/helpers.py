@@ -24,6 +24,11 @@ def identify(ts: int, mid: str, phone: str, pk: str = "user_id:u1") -> Entry:
     return Entry.of_event(pk=pk, ts=ts, rcv=ts, src=(0, 0), event=ev)
 
 
+def oneid_of(id_type: str, value: str, salt: str = "") -> str:
+    """The OneID of a person whose anchor (strongest identifier) is this one."""
+    return oneid_for_hash(salt, identifier_hash(salt, id_type, value))
+
+
 def every_identifier_known(salt: str = "") -> Callable[[Sequence[str]], str]:
     """A directory replica that knows every identifier, each event's as the person of its primary (first) one:
     the ingest's resolve for tests that read the entries of person partitions."""

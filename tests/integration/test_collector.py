@@ -6,9 +6,9 @@ import orjson
 import pytest
 from segment.analytics.client import Client
 
-from core.ids import oneid_for
 from ops.topics import wait_processed
 from ops.worker import post_json, query
+from tests.core.helpers import oneid_of
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def test_segment_sdk_calls_reach_clickhouse_with_their_fields(deployment):
             "JSONEachRow").splitlines()]
     by_id = {r["message_id"]: r for r in rows}
     assert set(by_id) == {"sdk-1", "sdk-2", "sdk-3", "sdk-4", *(f"sdk-batch-{i}" for i in range(5))}
-    person = oneid_for("user_id:u-sdk")
+    person = oneid_of("user_id", "u-sdk")
     assert all(by_id[m]["oneid"] == person for m in ("sdk-1", "sdk-2", "sdk-3", "sdk-4"))
     assert by_id["sdk-1"]["type"] == "identify"
     assert by_id["sdk-2"]["event"] == "add_to_cart" and orjson.loads(by_id["sdk-2"]["properties"])["sku"] == "S-1"
@@ -48,4 +48,4 @@ def test_segment_sdk_calls_reach_clickhouse_with_their_fields(deployment):
     assert by_id["sdk-4"]["type"] == "alias"
     batch = [by_id[f"sdk-batch-{i}"] for i in range(5)]
     assert {r["event"] for r in batch} == {"product_view"}
-    assert {r["oneid"] for r in batch} == {oneid_for("anonymous_id:anon-batch")}
+    assert {r["oneid"] for r in batch} == {oneid_of("anonymous_id", "anon-batch")}

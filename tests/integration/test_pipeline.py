@@ -14,11 +14,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import core
-from core.ids import oneid_for
 from ops.dlq import dlq_stats
 from ops.topics import publish_lines, read_topic, wait_processed
 from ops.worker import query
 from streams.kafka import client_kwargs, ensure_topics
+from tests.core.helpers import oneid_of
 from tests.integration.conftest import run
 from traffic.shop import generate
 
@@ -124,7 +124,7 @@ def test_trigger_emits_exactly_one_action_per_person(deployment):
         assert count(s, "SELECT count() FROM cdp.action_feedback FINAL") == 4
         assert run(dlq_stats(s)) == {("validate", "feedback_schema"): 1}
     actions = [orjson.loads(m.value) for m in msgs]
-    expected = {oneid_for(f"user_id:person-{i}") for i in range(2, 6)}
+    expected = {oneid_of("user_id", f"person-{i}") for i in range(2, 6)}
     assert len(actions) == 4 and {a["oneid"] for a in actions} == expected
     assert {m.key.decode() for m in msgs} == expected
     for a in actions:
