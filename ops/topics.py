@@ -83,11 +83,20 @@ async def wait_processed(s: Settings, timeout_s: float = 600.0, poll_s: float = 
         await asyncio.sleep(poll_s)
     # Two heartbeats after catching up carry a watermark that has moved past everything read.
     await asyncio.sleep(2 * s.heartbeat_s + 0.2)
-    env_end = await end_offsets(s, s.person_events_topic)
-    while not await _caught_up(s, s.app_id, s.person_events_topic, env_end):
+    # The link writer's input (events the ingest could not resolve), then the person stage's: the link writer
+    # writes to it, and so does the person stage itself (a merge's absorb, events of a merged-away OneID sent on
+    # to the survivor): three rounds cover a merge's two hops after the link writer's.
+    id_end = await end_offsets(s, s.identity_topic)
+    while not await _caught_up(s, s.app_id, s.identity_topic, id_end):
         if time.monotonic() > deadline:
-            raise TimeoutError("the person stage did not catch up")
+            raise TimeoutError("the link writer did not catch up")
         await asyncio.sleep(poll_s)
+    for _ in range(3):
+        env_end = await end_offsets(s, s.person_events_topic)
+        while not await _caught_up(s, s.app_id, s.person_events_topic, env_end):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the person stage did not catch up")
+            await asyncio.sleep(poll_s)
 
 
 async def read_topic(s: Settings, topic: str) -> list[Any]:

@@ -29,6 +29,7 @@ from sinks.clickhouse import FEEDBACK_COLUMNS, ClickHouseSink
 from streams import metrics
 from streams.admin import start_admin
 from streams.collector import Collector, mount_on_faust
+from streams.directory import DirectoryReplica
 from streams.identity import LinkWriter
 from streams.ingest import Ingest
 from streams.kafka import batch_producer, faust_broker_url
@@ -98,7 +99,10 @@ def build_pipeline(settings: Settings, *, rules: RuleSet | None = None, sink: Cl
         changelog = not (store or "").startswith("memory")
         stage, persons_agent = _person_stage(app, settings, rules, sink, changelog)
 
-    ingest = Ingest(settings, rules) if with_ingest else None
+    ingest = None
+    if with_ingest:
+        directory = DirectoryReplica(settings, settings.identity_directory_topic, settings.state_dir / "directory")
+        ingest = Ingest(settings, rules, directory)
     pipeline = Pipeline(app, settings, rules, stage, ingest, sink, persons_agent)
 
     if ingest is not None:

@@ -190,7 +190,8 @@ class LinkWriter:
         """(1) ClickHouse, (2) every message, acknowledged, (3) the graph's records."""
         if self.writer is not None:
             for table, rows in fx.tables.items():
-                refused = await self.writer.insert(table, rows, IDENTITY_TABLES[table], f"{fx.token}:{table}")
+                refused = await self.writer.insert(table, rows, IDENTITY_TABLES[table], f"{fx.token}:{table}",
+                                                   compact=True)
                 for r in refused:  # a row ClickHouse refuses is logged; the decision it records stands in the graph
                     log.error("%s row refused by ClickHouse: %s", table, r.error)
         acks = [await self.send(topic, key, value, partition) for topic, key, value, partition in fx.messages]

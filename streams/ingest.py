@@ -91,6 +91,9 @@ class Resolver(Protocol):
     """The ingest's view of the identity directory (``streams.directory.DirectoryReplica``)."""
 
     def resolve(self, hashes: Sequence[str]) -> str | None: ...
+    async def start(self) -> None: ...
+    async def poll(self) -> int: ...
+    async def close(self) -> None: ...
 
 
 class Ingest:
@@ -144,6 +147,9 @@ class Ingest:
             fetch_max_wait_ms=INGEST_FETCH_MAX_WAIT_MS, value_deserializer=self._raw,
         )
         await self.producer.start()
+        if self.directory is not None:
+            # Caught up before the first event: a replica far behind would send every known person the slow way.
+            await self.directory.start()
         await self.consumer.start()
 
     async def _rewind(self) -> None:
@@ -166,6 +172,8 @@ class Ingest:
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
+        if self.directory is not None:
+            await self.directory.close()
 
     async def run(self) -> None:
         assert self.consumer is not None
@@ -193,6 +201,8 @@ class Ingest:
                     else self.s.heartbeat_s
                 if self.first_fetch_at is None:
                     self.first_fetch_at = time.time()
+                if self.directory is not None:
+                    await self.directory.poll()  # what the link writer decided meanwhile (no wait)
                 batches = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000),
                                                       max_records=self.s.ingest_batch)
                 if self._raw.faults:
