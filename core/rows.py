@@ -18,11 +18,14 @@ if TYPE_CHECKING:  # core.envelope imports this module to build rows
 _EMPTY: dict[str, Any] = {}
 
 # The events table's columns in the order of an event row; the ingest writes all but the first (``event_row_body``).
+# ``id_hash`` is the event's primary identifier's hash (the one that chose its person): a split reassigns the
+# event by it (docs/identity.md).
 EVENT_ROW_COLUMNS = ("oneid", "message_id", "type", "event", "name", "ts", "received_at", "properties", "identities",
-                     "raw_partition", "raw_offset", "campaign_source", "campaign_medium", "campaign_name")
+                     "raw_partition", "raw_offset", "campaign_source", "campaign_medium", "campaign_name", "id_hash")
 
 
-def event_row_body(ev: dict[str, Any], ts: int, rcv: int, raw_partition: int, raw_offset: int) -> bytes:
+def event_row_body(ev: dict[str, Any], ts: int, rcv: int, raw_partition: int, raw_offset: int,
+                   id_hash: str = "") -> bytes:
     """An event's row, all but the OneID (the person stage adds it: ``with_oneid``). Built by the ingest, which
     has the event decoded already, so the person stage only splices in the OneID."""
     t = ev.get("type", "track")
@@ -55,6 +58,7 @@ def event_row_body(ev: dict[str, Any], ts: int, rcv: int, raw_partition: int, ra
         campaign.get("source") or "",
         campaign.get("medium") or "",
         campaign.get("name") or "",
+        id_hash,
     ])
 
 

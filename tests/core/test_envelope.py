@@ -118,7 +118,10 @@ def test_rows_are_arrays_of_every_column_with_the_pii_masked():
     assert rows[2] == {"oneid": "o_1", "message_id": "m3", "type": "page", "event": "page", "name": "home",
                        "ts": 1_790_000_002.0, "received_at": 1_790_000_002.005, "properties": {},
                        "identities": {"anonymous_id": "a***"}, "raw_partition": 0, "raw_offset": 2,
-                       "campaign_source": "baidu", "campaign_medium": "cpc", "campaign_name": ""}
+                       "campaign_source": "baidu", "campaign_medium": "cpc", "campaign_name": "",
+                       "id_hash": identifier_hash("", "anonymous_id", "a9")}
+    # Each row names its primary identifier (the first of the event's, by priority), as a hash.
+    assert [r["id_hash"] for r in rows] == [en.ids[0][1] for en in env.entries]
 
 
 @pytest.mark.parametrize("old_envelope", [V2_ENVELOPE, V3_ENVELOPE, V4_ENVELOPE, V5_ENVELOPE],

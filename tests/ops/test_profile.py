@@ -129,7 +129,7 @@ class World:
                        (o["user"], "e-4", "track", "order_paid", "", T0 + DAY + 20),
                        (o["stranger"], "e-9", "track", "order_paid", "", T0 + 30)]
         ins("events", [orjson.dumps([oneid, f"{self.salt}-{mid}", t, ev, name, ts / 1000, ts / 1000,
-                                     {"sku": "s-1"} if ev == "product_view" else {}, {}, 0, 0, "", "", ""])
+                                     {"sku": "s-1"} if ev == "product_view" else {}, {}, 0, 0, "", "", "", ""])
                        for oneid, mid, t, ev, name, ts in self.events], EVENT_COLUMNS, compact=True)
         actions = [{"action_id": f"act-{self.salt}-{k}", "oneid": oid, "rule_id": "welcome", "rule_version": 2,
                     "channel": "sms", "template": "welcome_sms", "created_at": text(at), "not_before": text(at),

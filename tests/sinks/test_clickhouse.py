@@ -120,7 +120,7 @@ def _event_line(i: int, **change) -> bytes:
     import orjson
 
     cells = dict(zip(EVENT_COLUMNS, ["o_fail", f"fail-{i}", "track", "fail_probe", "", 1_790_000_000.0 + i,
-                                     1_790_000_000.0, {}, {}, 0, i, "", "", ""], strict=True))
+                                     1_790_000_000.0, {}, {}, 0, i, "", "", "", ""], strict=True))
     cells.update(change)
     return orjson.dumps(list(cells.values()))
 

@@ -133,7 +133,7 @@ async def test_a_replayed_batch_with_a_refused_row_inserts_nothing_twice(chdb_si
     same row is refused."""
     chdb_sink.migrate()
     good = [orjson.dumps(["o_replay", f"replay-{i}", "track", "replay_probe", "", T0 / 1000 + i, T0 / 1000, {}, {}, 0,
-                          i, "", "", ""]) for i in range(40)]
+                          i, "", "", "", ""]) for i in range(40)]
     lines = [*good[:29], b'["o_replay", "replay-x", "track"', *good[29:]]  # a malformed line, 30th of 41
     writer = SinkWriter(chdb_sink)
     first = await writer.insert("events", lines, EVENT_COLUMNS, "replay:0:0-9:events", compact=True)
@@ -211,7 +211,7 @@ class UnknownFailures:
 
 def probe_lines(oneid: str, n: int) -> list[bytes]:
     return [orjson.dumps([oneid, f"{oneid}-{i}", "track", f"{oneid}_probe", "", T0 / 1000 + i, T0 / 1000, {}, {}, 0, i,
-                          "", "", ""]) for i in range(n)]
+                          "", "", "", ""]) for i in range(n)]
 
 
 async def test_an_unknown_failure_that_persists_splits_the_batch_but_dead_letters_nothing_while_no_row_goes_in(
