@@ -6,8 +6,9 @@ A merge of OneID ``from`` into ``into`` is carried out where the states live (do
    by a pointer (``merged_into``): events that still reach ``from`` (an ingest whose directory replica is behind)
    are forwarded to the survivor.
 2. ``absorb`` merges the state into ``into``'s by each field's merge function, once: the survivor keeps the OneIDs
-   it absorbed, so a redelivered ``absorb`` changes nothing. If ``into`` was itself merged away in the meantime,
-   the ``absorb`` is forwarded along the pointer.
+   it absorbed, so a redelivered ``absorb`` changes nothing. A trigger either person armed stays armed unless the
+   other's ``unless`` event falls inside its window. If ``into`` was itself merged away in the meantime, the
+   ``absorb`` is forwarded along the pointer.
 
 A command is one Kafka message on the person topic: a JSON header line, and for ``absorb`` the state's bytes after
 it. Envelopes start with ``{"v"``; a command with ``{"cmd"``.
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from core.person import PersonState, absorb
+from core.person import DEDUPE_WINDOW_MS, PersonState, absorb
+from core.person_state import Pending
+from rules.loader import RuleSet
 
 COMMAND_PREFIX = b'{"cmd"'
 
@@ -64,8 +67,11 @@ class Outcome:
     absorbed: PersonState | None = None  # absorb: the state merged in (its timers now belong to the survivor)
 
 
-def apply_command(cmd: Command, state: PersonState) -> Outcome:
-    """Carry out ``cmd`` on the state it is addressed to (``from``'s for merge, ``into``'s for absorb)."""
+def apply_command(cmd: Command, state: PersonState, rules: RuleSet | None = None,
+                  dedupe_window_ms: int = DEDUPE_WINDOW_MS) -> Outcome:
+    """Carry out ``cmd`` on the state it is addressed to (``from``'s for merge, ``into``'s for absorb). With the
+    stage's ``rules``, an absorb keeps only the armed triggers the merged person's events leave armed
+    (``_rearm``)."""
     if cmd.cmd == "merge":
         if state.merged_into:
             return Outcome(False)  # done before (a redelivered merge): the absorb was sent then
@@ -77,10 +83,30 @@ def apply_command(cmd: Command, state: PersonState) -> Outcome:
             fwd = Command("absorb", cmd.from_oneid, state.merged_into, cmd.at, cmd.message_id, cmd.state)
             return Outcome(False, _encode_absorb(fwd), state.merged_into)
         other = PersonState.from_bytes(cmd.state)
-        if not absorb(state, other):
+        mine = dict(state.pending)
+        if not absorb(state, other, dedupe_window_ms):
             return Outcome(False)
+        if rules is not None:
+            _rearm(state, mine, other.pending, rules)
         return Outcome(True, absorbed=other)
     raise ValueError(f"unknown person command {cmd.cmd!r}")
+
+
+def _rearm(state: PersonState, mine: dict[str, Pending], theirs: dict[str, Pending], rules: RuleSet) -> None:
+    """Per rule, the earlier of the two persons' armed triggers that the merged person's ``unless`` event does not
+    cancel: each person's fold checked only its own events, and the survivor's trigger may be the one left when
+    the other's is cancelled. As in a fold, an ``unless`` cancels a trigger when its latest time (what a state
+    keeps) is inside the trigger's window."""
+    unless = {r.id: r.unless for r in rules.triggers if r.unless}
+    last_seen = state.last_seen
+    for rid in {*mine, *theirs} & unless.keys():
+        seen = last_seen.get(unless[rid])
+        live = [p for p in (mine.get(rid), theirs.get(rid))
+                if p is not None and not (seen is not None and p.since <= seen <= p.deadline)]
+        if live:
+            state.pending[rid] = min(live, key=lambda p: (p.since, p.message_id))
+        else:
+            state.pending.pop(rid, None)
 
 
 def make_pointer(state: PersonState, into_oneid: str) -> None:

@@ -360,7 +360,7 @@ class PersonStage:
             pk = cmd.from_oneid if cmd.cmd == "merge" else cmd.into_oneid
             st = self._state(states, partition, pk)
             before = st.next_deadline()
-            out = apply_command(cmd, st)
+            out = apply_command(cmd, st, self.rules, self.dedupe_window_ms)
         except Exception as exc:  # a bad command is dead-lettered and skipped, never a crash
             log.error("person command at %s:%s:%s failed: %r", self.topic, partition, offset, exc)
             bad = _failure(value, "bad_command", exc, now_ms, topic=self.topic, partition=partition, offset=offset)
