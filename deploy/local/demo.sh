@@ -27,6 +27,58 @@ run() {
   echo "== funnel (persons by OneID, within 1 day)"
   cdp funnel --steps product_view,add_to_cart,checkout_start,order_paid --window 1d
   echo
+  echo "== persons merged across channels (OneID: web, app, mini-program and logins joined by the events themselves)"
+  # Each identifier's person, resolved through the merges (a OneID merged away counts as its survivor).
+  local ids="WITH ids AS (SELECT identifier_type, identifier_hash, if(r.oneid != '', r.oneid, i.oneid) AS person
+    FROM cdp.identities AS i FINAL LEFT JOIN cdp.oneid_current AS r ON r.from_oneid = i.oneid)"
+  cdp sql "$ids SELECT (SELECT count() FROM cdp.identity_merges FINAL WHERE op = 'merge') AS merges,
+    (SELECT uniqExact(person) FROM ids) AS persons,
+    (SELECT count() FROM (SELECT person FROM ids GROUP BY person HAVING uniqExact(identifier_type) > 1))
+      AS with_several_identifier_types,
+    (SELECT count() FROM cdp.identity_refusals FINAL) AS refused_links" --format pretty
+  cdp sql "$ids SELECT types AS identifier_types, count() AS persons FROM (SELECT person,
+    arrayStringConcat(arraySort(groupUniqArray(identifier_type)), ' + ') AS types FROM ids GROUP BY person
+    HAVING uniqExact(identifier_type) > 1) GROUP BY types ORDER BY persons DESC, types LIMIT 8" --format pretty
+  echo "   refused links (a shared tablet's second userId; placeholder userIds and the QA phone number are never"
+  echo "   identifiers at all, so they join no one):"
+  cdp sql "SELECT reason, id_type, count() AS refused FROM cdp.identity_refusals FINAL GROUP BY reason, id_type
+    ORDER BY refused DESC" --format pretty
+  # The person with a userId that absorbed the most kinds of identifiers. ClickHouse holds identifiers hashed and
+  # masked only: the demo finds the userId behind the hash among the ones it generated.
+  local hash user
+  hash=$(cdp sql "$ids SELECT identifier_hash FROM ids WHERE identifier_type = 'user_id' AND person IN (
+    SELECT person FROM ids WHERE person IN (SELECT oneid FROM cdp.oneid_current) GROUP BY person
+    HAVING countIf(identifier_type = 'user_id') > 0
+    ORDER BY uniqExact(identifier_type) DESC, count() DESC, person LIMIT 1)" --format tsv | tail -n +2 | head -n 1)
+  user=$(python - "$demo/events.jsonl" "$hash" <<'PY'
+import sys
+
+import orjson
+
+from config.settings import Settings
+from core.ids import identifier_hash
+
+salt, want, seen = Settings().pii_salt, sys.argv[2], set()
+for line in open(sys.argv[1], "rb"):
+    try:
+        user_id = orjson.loads(line).get("userId")
+    except (orjson.JSONDecodeError, AttributeError):  # the demo's broken lines
+        continue
+    if isinstance(user_id, str) and user_id.strip() not in seen:
+        seen.add(user_id.strip())
+        if identifier_hash(salt, "user_id", user_id.strip()) == want:
+            print(user_id.strip())
+            break
+PY
+  )
+  echo
+  if [ -n "$user" ]; then
+    echo "== one merged person: cdp profile user_id:$user"
+    cdp profile "user_id:$user" || echo "(no profile for user_id:$user)"
+  else
+    echo "== no merged person with a userId to show"
+  fi
+  echo
   echo "== events by name"
   cdp sql "SELECT event, count() AS events, uniqExact(oneid) AS persons FROM cdp.events GROUP BY event ORDER BY events DESC" --format pretty
   echo
