@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,11 @@ class CpuSampler:
         return {name: b[name] - a[name] for name in b if name in a}
 
 
-def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: str) -> dict[str, Any]:
+def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: str,
+                   directory: Sequence[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
     """Publish the events under a fresh prefix and time the pipeline over them: one worker running both stages,
-    or (``split``) an ingest-only worker beside a person-stage worker, the two using both cores."""
+    or (``split``) an ingest-only worker beside a person-stage worker, the two using both cores. ``directory``:
+    identity directory records published first (the ingest's replica reads them before its first fetch)."""
     prefix = f"{run}{uuid.uuid4().hex[:4]}"
     base = {"CDP_TOPIC_PREFIX": prefix, "CDP_CLICKHOUSE_URL": f"chdb://{tmp / prefix / 'clickhouse'}",
             "CDP_LOG_LEVEL": "WARNING"}
@@ -149,6 +152,10 @@ def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: s
     fields: dict[str, Any] = {k[4:].lower(): v for k, v in persons_env.items() if k != "CDP_LOG_LEVEL"}
     s = Settings(**fields)
     asyncio.run(publish_lines(s, lines))
+    if directory:
+        from bench.identity import publish_directory_records
+
+        asyncio.run(publish_directory_records(s, directory))
     workers = [WorkerProcess(env=persons_env, log_path=tmp / f"{prefix}-persons.log")]
     if split:
         workers.append(WorkerProcess(env={**base, "CDP_DATA_DIR": str(tmp / prefix / "ingest"),
@@ -181,6 +188,8 @@ def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: s
         # read would leave out the wait for the first records on this side only).
         first_fetch = min(h["ingest"]["first_fetch_at"] for h in health if h.get("ingest"))
         used = cpu.used(first_fetch, persons["last_sunk_at"])
+        # The events the ingest's directory replica resolved itself (the fast path) and those it sent the link writer.
+        resolved_here = _directory_counts(workers[-1].url)
         counted = int(query(s, "SELECT count() FROM cdp.events", "TabSeparated").strip())
         unique = int(query(s, "SELECT uniqExact(message_id) FROM cdp.events", "TabSeparated").strip())
     finally:
@@ -191,8 +200,22 @@ def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: s
     # CPU per event of each process over the measured window (it shows which stage costs what; docs/performance.md)
     cpu_us = {name: round(sec / len(lines) * 1e6, 1) for name, sec in used.items()}
     return {"eps": eps, "eps_from_first_record": eps_from_record, "counted": counted, "unique": unique,
-            "envelopes": persons["envelopes"],
+            "envelopes": persons["envelopes"], "directory": resolved_here,
             "raw_topic": s.raw_topic, "settings": s, "cpu_us_per_event": cpu_us}
+
+
+def _directory_counts(url: str) -> dict[str, int]:
+    """The ingest's directory hits and misses so far, from its /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {"hits": 0, "misses": 0}
+    for line in text.splitlines():
+        for name in out:
+            if line.startswith(f"cdp_identity_directory_{name}_total "):
+                out[name] = int(float(line.split()[1]))
+    return out
 
 
 async def _post_batches(url: str, lines: list[bytes], batch: int, concurrency: int, write_key: str) -> None:
@@ -263,13 +286,21 @@ def pipeline_rows(lines: list[bytes], settings: Settings) -> list[bytes]:
 
 
 def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
-              faust_baseline: bool = False, analytics_events: int = 0) -> dict[str, Any]:
+              faust_baseline: bool = False, analytics_events: int = 0,
+              identity_persons: int = 50_000, identity_ids: int = 1_000_000) -> dict[str, Any]:
+    """The figures of docs/performance.md. The pipeline runs with a directory that knows every identifier of the
+    events (the steady state: the ingest resolves them through its replica); ``identity_persons`` new persons go
+    through the link writer on its own, ``identity_ids`` identifiers through the graph into RocksDB for the bytes
+    they take (0 skips either)."""
     port = Settings().web_port + 17
     tmp = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
     run = f"bench{uuid.uuid4().hex[:6]}"  # every topic of this run starts with it
     try:
         lines = bench_events(events, users)
-        one = _pipeline_rate(lines, tmp, port, split=False, run=run)
+        from bench.identity import known_directory
+
+        known = known_directory(lines, Settings())
+        one = _pipeline_rate(lines, tmp, port, split=False, run=run, directory=known["records"])
         s = one["settings"]
         # The machine is shared and a single run of either side can be slowed by other work: both sides are
         # measured three times, alternating (raw, split, raw, split, raw, split), and each side's best run counts
@@ -278,7 +309,8 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         splits = []
         for i in range(3):
             raw_runs.append(asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines))))
-            splits.append(_pipeline_rate(lines, tmp, port + 5 * (i + 1), split=True, run=run))
+            splits.append(_pipeline_rate(lines, tmp, port + 5 * (i + 1), split=True, run=run,
+                                         directory=known["records"]))
         raws = [r[0] for r in raw_runs]
         raw_eps = max(raws)
         split = max(splits, key=lambda r: r["eps"])
@@ -323,6 +355,16 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         result["collector_accepted_eps"] = round(col["collector_eps"])
         result["raw_produce_eps"] = round(col["produce_eps"])
         result["collector_ratio"] = round(col["collector_eps"] / col["produce_eps"], 3)
+        result["identity_known_ratio"] = result["ratio"]
+        # The events a replica holding the directory resolves (the rest: identifiers a rule kept apart, which
+        # go to the link writer in any run).
+        result["identity_known_share"] = round(known["resolved"] / max(known["events"], 1), 4)
+        # What the ingest's replica resolved in the best two-process run (its hits) and sent the link writer.
+        result["directory_hits_misses"] = [split["directory"]["hits"], split["directory"]["misses"]]
+        result["directory_records"] = len(known["records"])
+        from bench.identity import identity_figures
+
+        result.update(identity_figures(raw_eps, tmp, identity_persons, identity_ids))
         if faust_baseline:
             n = min(len(lines), 50_000)
             rate = faust_agent_rate(s, one["raw_topic"], n, tmp / "faust-baseline")

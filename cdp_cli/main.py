@@ -462,7 +462,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bench.pipeline import run_bench
 
     result = run_bench(events=args.events, users=args.users, faust_baseline=args.faust_baseline,
-                       analytics_events=args.analytics_events)
+                       analytics_events=args.analytics_events, identity_persons=args.identity_persons,
+                       identity_ids=args.identity_ids)
     if args.json:
         print(orjson.dumps(result).decode())
     else:
@@ -558,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time funnel and retention over N synthetic events in a fresh chDB (e.g. 10000000)")
     sp.add_argument("--faust-baseline", action="store_true",
                     help="also measure a do-nothing Faust agent over the same events (about a minute more)")
+    sp.add_argument("--identity-persons", type=int, default=50_000, metavar="N",
+                    help="new persons (two events each) through the link writer for its rate; 0 skips it")
+    sp.add_argument("--identity-ids", type=int, default=1_000_000, metavar="N",
+                    help="identifiers through the identity graph into RocksDB for bytes per million; 0 skips it")
     sp.set_defaults(fn=cmd_bench)
     return p
 
