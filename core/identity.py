@@ -50,12 +50,14 @@ class Member(msgspec.Struct, array_like=True):
 
 
 class LinkRecord(msgspec.Struct, array_like=True):
-    """A link that joined ``h`` to ``other`` (the proposing event's primary), with that event."""
+    """A link that joined ``h`` to ``other`` (the proposing event's primary), with that event; ``m``: it merged two
+    persons known before the event (not a new identifier joining)."""
 
     h: str
     other: str
     mid: str
     at: int
+    m: bool = False
 
 
 class PersonRecord(msgspec.Struct, array_like=True):
@@ -268,16 +270,19 @@ class IdentityGraph:
         order = sorted(unique.values(), key=lambda i: (-prio.get(i[0], 0), i[1]))
         res = Resolution(oneid="")
         primary = order[0]
-        p, _ = self._person_or_new(primary, ts, res)
+        # A person made by this event (its primary seen for the first time) was never known outside: while it is
+        # the primary alone, joining another person is that identifier joining, not a merge of two persons.
+        p, p_fresh = self._person_or_new(primary, ts, res)
         for ident in order[1:]:
-            q, fresh = self._person_or_new(ident, ts, res)
+            q, q_fresh = self._person_or_new(ident, ts, res)
             if q.o == p.o:
                 continue
-            reason = self._refused(p, q, ts, fresh)
+            reason = self._refused(p, q, ts, p_fresh or q_fresh)
             if reason is not None:
                 res.refusals.append(Refusal(reason, ident[0], ident[1], ident[2], p.o, q.o, ts, message_id))
                 continue
-            p = self._merge(p, q, fresh, ident, primary, ts, message_id, res)
+            p = self._merge(p, q, p_fresh, q_fresh, ident, primary, ts, message_id, res)
+            p_fresh = False
         res.oneid = p.o
         return res
 
@@ -334,30 +339,33 @@ class IdentityGraph:
             return "max_merges"
         return None
 
-    def _merge(self, p: PersonRecord, q: PersonRecord, fresh: bool, ident: Ident, primary: Ident, ts: int,
-               message_id: str, res: Resolution) -> PersonRecord:
+    def _merge(self, p: PersonRecord, q: PersonRecord, p_fresh: bool, q_fresh: bool, ident: Ident, primary: Ident,
+               ts: int, message_id: str, res: Resolution) -> PersonRecord:
         """``q`` (the linked identifier's person) joins ``p`` (the primary's); the survivor is the one whose anchor
-        leads. Returns the merged person."""
+        leads. Returns the merged person. A fresh side (a person made by this event) is an identifier joining."""
         joined = [Member(m.h, m.t, ts, m.u) for m in q.ids]
         ids = p.ids + joined
-        links = [*p.links, *q.links, LinkRecord(ident[1], primary[1], message_id, ts)]
+        known_both = not (p_fresh or q_fresh)
+        links = [*p.links, *q.links, LinkRecord(ident[1], primary[1], message_id, ts, known_both)]
         p_wins = self._anchor(p.ids) <= self._anchor(q.ids)
         survivor, loser = (p, q) if p_wins else (q, p)
+        loser_fresh = q_fresh if p_wins else p_fresh
         merged = PersonRecord(o=survivor.o, ids=ids, links=links,
-                              merges=p.merges + q.merges + (0 if fresh else 1), at=survivor.at)
+                              merges=p.merges + q.merges + (1 if known_both else 0), at=survivor.at)
         self._put_person(merged)
         res.links.append(Link(ident[0], ident[1], primary[0], primary[1], merged.o, ts, message_id))
-        if not (fresh and p_wins):
-            # The loser's OneID was known outside (a new identifier's fresh person never was, unless it leads).
+        if not loser_fresh:
+            # The loser's OneID was known outside: merged into the survivor.
             at = max(ts, loser.at + 1)
             self._put_person(PersonRecord(o=loser.o, into=merged.o, at=at))
             res.merges.append(Merge(loser.o, merged.o, at, message_id))
         else:
-            # The new identifier's own person was never known outside: it is only p's new identifier, and its
-            # identity row names p's OneID from the start.
-            self._persons.pop(q.o, None)
-            self._dirty_persons.discard(q.o)
-            res.identities = [r for r in res.identities if r.id_hash != ident[1]]
+            # The fresh person was never known outside: it is only the survivor's new identifier, and its identity
+            # row names the survivor's OneID from the start.
+            lost = loser.ids[0].h
+            self._persons.pop(loser.o, None)
+            self._dirty_persons.discard(loser.o)
+            res.identities = [r for r in res.identities if r.id_hash != lost]
         moved = loser.ids
         for m in moved:
             rec = self._id(m.h)
@@ -409,7 +417,8 @@ class IdentityGraph:
             glinks = [lk for lk in kept if lk.h in hashes]
             prev = self._person(o) if o != p.o else None
             at = max(ts, (prev.at if prev is not None else p.at) + 1)
-            self._put_person(PersonRecord(o=o, ids=members, links=glinks, merges=len(glinks), at=at))
+            self._put_person(PersonRecord(o=o, ids=members, links=glinks, merges=sum(1 for lk in glinks if lk.m),
+                                          at=at))
             out.persons[o] = sorted(hashes)
             if o != p.o:
                 out.merges.append(Merge(o, p.o, at, "", reason, "split"))
@@ -420,7 +429,19 @@ class IdentityGraph:
                     v = max(ts, r.v + 1)
                     self._put_id(m.h, IdRecord(r.t, o, r.f, r.m, v))
                     out.identities.append(IdentityRow(r.t, m.h, r.m, o, r.f, v))
-        # p's OneID is its anchor's, and the anchor is in one of the groups: that group keeps it.
+        # p's OneID is its anchor's, and the anchor is in one of the groups: that group keeps it. Any other OneID
+        # once merged into p (one per identifier that led a person) now points to the group holding its identifier.
+        group_of = {h: o for o, hs in out.persons.items() for h in hs}
+        for m in p.ids:
+            o = oneid_for_hash(self.salt, m.h)
+            if o in out.persons or o == p.o:
+                continue
+            old = self._person(o)
+            if old is None or not old.into or old.into == group_of[m.h]:
+                continue
+            at = max(ts, old.at + 1)
+            self._put_person(PersonRecord(o=o, into=group_of[m.h], at=at))
+            out.merges.append(Merge(o, group_of[m.h], at, "", reason, "merge"))
         return out
 
 

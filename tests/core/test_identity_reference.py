@@ -178,16 +178,19 @@ class ReferenceGraph:
         by_hash = {hsh: t for t, hsh in ids}
         order = sorted(by_hash, key=lambda x: (-self.priority[by_hash[x]], x))
         primary = order[0]
-        if primary not in self.person:
+        # A person this event makes is an identifier joining, not a person merged, until it joins another.
+        p_fresh = primary not in self.person
+        if p_fresh:
             self._new_person(by_hash[primary], primary, ts)
         out = RefOutcome(oneid="")
         for hsh in order[1:]:
-            fresh = hsh not in self.person
-            if fresh:
+            q_fresh = hsh not in self.person
+            if q_fresh:
                 self._new_person(by_hash[hsh], hsh, ts)
             p, q = self.person[primary], self.person[hsh]
             if p == q:
                 continue
+            fresh = p_fresh or q_fresh
             reason = self._refused(p, q, ts, fresh)
             if reason is not None:
                 out.refusals.append((reason, by_hash[hsh], hsh, self.oneid_of_person(p), self.oneid_of_person(q)))
@@ -201,8 +204,10 @@ class ReferenceGraph:
             self.links.append((hsh, primary, not fresh))
             merged = self.oneid_of_person(p)
             out.links.append((by_hash[hsh], hsh, by_hash[primary], primary, merged))
-            if not fresh:
+            loser_fresh = q_fresh if merged == p_oneid else p_fresh
+            if not loser_fresh:  # a OneID known before this event: merged into the survivor
                 out.merges.append((q_oneid if merged == p_oneid else p_oneid, merged))
+            p_fresh = False
         out.oneid = self.oneid_of(primary)
         out.identities = {m: o for m in self.person if before.get(m) != (o := self.oneid_of(m))}
         return out
