@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from core.ids import identifier_hash, mask
-from core.normalize import PLACEHOLDERS, app_id_of, normalize_email, normalize_phone
+from core.normalize import PLACEHOLDERS, app_id_of, normalize_email, normalize_phone, rules_index
 from rules.loader import IdentityRules
 
 Ident = tuple[str, str, str]  # (type, hash, masked)
@@ -29,20 +29,28 @@ TOP_LEVEL_FIELDS = ("user_id", "anonymous_id")
 EXTERNAL_IDS_PATH = ("context", "externalIds")
 
 
-class _Plan:
-    """The rules' paths grouped by the event field they start at, so an event is looked at once per field it
-    has rather than once per path: field -> [(type, the rest of the path, normalisation, priority)]."""
+# A trie of the rules' paths: key -> (the (type, normalisation, priority) read at that key, the keys below it).
+_Node = dict[str, tuple[list[tuple[str, str, int]], "dict[str, Any]"]]
 
-    __slots__ = ("external", "paths", "rules")
+
+class _Plan:
+    """The rules' paths as a trie, so an event is looked at once per key it has on the way to any path (most
+    events have no ``identities`` and a ``context`` without ``traits`` or ``device``: one lookup each)."""
+
+    __slots__ = ("external", "is_blocked", "root", "rules")
 
     def __init__(self, rules: IdentityRules):
         self.rules = rules
-        paths: dict[str, list[tuple[str, tuple[str, ...], str, int]]] = {}
+        self.is_blocked = rules_index(rules).is_blocked
+        root: _Node = {}
         for name, t in rules.types.items():
             for path in t.read_from:
-                head, *rest = path.split(".")
-                paths.setdefault(head, []).append((name, tuple(rest), t.normalize, t.priority))
-        self.paths = paths
+                node = root
+                *parents, last = path.split(".")
+                for part in parents:
+                    node = node.setdefault(part, ([], {}))[1]
+                node.setdefault(last, ([], {}))[0].append((name, t.normalize, t.priority))
+        self.root = root
         # Segment's externalIds type -> (our type, its normalisation, its priority)
         self.external = {ext: (name, rules.types[name].normalize, rules.types[name].priority)
                          for ext, name in rules.external_ids.items() if name in rules.types}
@@ -103,36 +111,52 @@ class _Normaliser:
         return v
 
 
+class _Collected:
+    """What one event's walk found: (type, normalised value, priority), possibly repeated, and whether any was read
+    from outside ``TOP_LEVEL_FIELDS``."""
+
+    __slots__ = ("beyond_top", "dropped", "found", "is_blocked", "norm")
+
+    def __init__(self, ev: dict[str, Any], plan: _Plan, dropped: Counter[str] | None):
+        self.found: list[tuple[str, str, int]] = []
+        self.beyond_top = False
+        self.dropped = dropped
+        self.is_blocked = plan.is_blocked
+        self.norm = _Normaliser(ev)
+
+    def take(self, value: Any, name: str, kind: str, priority: int, beyond_top: bool) -> None:
+        raw = _text(value)
+        v = self.norm(kind, raw) if raw is not None else None
+        if v is None or self.is_blocked(name, v):
+            if self.dropped is not None:
+                self.dropped[name] += 1
+            return
+        self.found.append((name, v, priority))
+        if beyond_top:
+            self.beyond_top = True
+
+    def walk(self, node: _Node, obj: dict[str, Any], nested: bool) -> None:
+        # Whichever is smaller: an event's identities hold one or two of the seven keys the rules read there.
+        if len(obj) < len(node):
+            pairs = [(k, node[k], v) for k, v in obj.items() if k in node]
+        else:
+            pairs = [(k, n, obj[k]) for k, n in node.items() if k in obj]
+        for key, (leaves, below), value in pairs:
+            if value is None:
+                continue
+            for name, kind, priority in leaves:
+                self.take(value, name, kind, priority, nested or key not in TOP_LEVEL_FIELDS)
+            if below and isinstance(value, dict):
+                self.walk(below, value, True)
+
+
 def _collect(ev: dict[str, Any], rules: IdentityRules,
              dropped: Counter[str] | None) -> tuple[list[tuple[str, str, int]], bool]:
     """Every (type, normalised value, priority) the event holds, in no particular order and possibly repeated, and
     whether any was read from outside ``TOP_LEVEL_FIELDS``."""
     plan = _plan(rules)
-    norm = _Normaliser(ev)
-    found: list[tuple[str, str, int]] = []
-    beyond_top = False
-    for head, wanted in plan.paths.items():
-        base = ev.get(head)
-        if base is None:
-            continue
-        for name, rest, kind, priority in wanted:
-            node: Any = base
-            for part in rest:
-                if not isinstance(node, dict):
-                    node = None
-                    break
-                node = node.get(part)
-            if node is None:
-                continue
-            raw = _text(node)
-            v = norm(kind, raw) if raw is not None else None
-            if v is None or rules.is_blocked(name, v):
-                if dropped is not None:
-                    dropped[name] += 1
-                continue
-            found.append((name, v, priority))
-            if rest or head not in TOP_LEVEL_FIELDS:
-                beyond_top = True
+    got = _Collected(ev, plan, dropped)
+    got.walk(plan.root, ev, False)
     if plan.external:
         ctx = ev.get("context")
         ext = ctx.get("externalIds") if isinstance(ctx, dict) else None
@@ -141,18 +165,9 @@ def _collect(ev: dict[str, Any], rules: IdentityRules,
                 if not isinstance(item, dict):
                     continue
                 mapped = plan.external.get(item.get("type"))  # type: ignore[arg-type]
-                if mapped is None:
-                    continue
-                name, kind, priority = mapped
-                raw = _text(item.get("id"))
-                v = norm(kind, raw) if raw is not None else None
-                if v is None or rules.is_blocked(name, v):
-                    if dropped is not None:
-                        dropped[name] += 1
-                    continue
-                found.append((name, v, priority))
-                beyond_top = True
-    return found, beyond_top
+                if mapped is not None:
+                    got.take(item.get("id"), mapped[0], mapped[1], mapped[2], True)
+    return got.found, got.beyond_top
 
 
 def event_identifiers(ev: dict[str, Any], rules: IdentityRules, salt: str,

@@ -84,17 +84,35 @@ def app_id_of(ev: dict[str, Any]) -> str | None:
     return None
 
 
-_path_types: dict[int, tuple[IdentityRules, dict[str, str]]] = {}
+class RulesIndex:
+    """What the per-event code asks of the identity rules, looked up once per rule set: the type read at each
+    ``read_from`` path (a path has one type), and the blocked check."""
+
+    __slots__ = ("_listed_only", "path_types", "rules")
+
+    def __init__(self, rules: IdentityRules):
+        self.rules = rules
+        self.path_types = {p: name for name, t in rules.types.items() for p in t.read_from}
+        # Types whose values are only trimmed and that have no pattern (user_id, anonymous_id by default: most
+        # events' only identifiers): blocked means listed, a set lookup instead of ``is_blocked``'s general case.
+        self._listed_only = {name: t.blocked for name, t in rules.types.items()
+                             if t.normalize == "trim" and not t.blocked_patterns}
+
+    def is_blocked(self, id_type: str, value: str) -> bool:
+        listed = self._listed_only.get(id_type)
+        return value in listed if listed is not None else self.rules.is_blocked(id_type, value)
 
 
-def path_types(rules: IdentityRules) -> dict[str, str]:
-    """Each ``read_from`` path of the rules -> the identifier type read there (a path has one type)."""
-    got = _path_types.get(id(rules))
-    if got is None or got[0] is not rules:
-        if len(_path_types) > 16:  # rule sets are few (one per load); never a leak when tests make many
-            _path_types.clear()
-        got = _path_types[id(rules)] = (rules, {p: name for name, t in rules.types.items() for p in t.read_from})
-    return got[1]
+_indexes: dict[int, RulesIndex] = {}
+
+
+def rules_index(rules: IdentityRules) -> RulesIndex:
+    got = _indexes.get(id(rules))
+    if got is None or got.rules is not rules:
+        if len(_indexes) > 16:  # rule sets are few (one per load); never a leak when tests make many
+            _indexes.clear()
+        got = _indexes[id(rules)] = RulesIndex(rules)
+    return got
 
 
 def clean_event(ev: dict[str, Any], rules: IdentityRules, dropped: Counter[str]) -> None:
@@ -102,8 +120,9 @@ def clean_event(ev: dict[str, Any], rules: IdentityRules, dropped: Counter[str])
     identity rules block (by the type that reads the field; an undeclared ``identities`` key by its own name), so
     the event carried and its ClickHouse row hold no value that is no identifier; count what was dropped, by
     field (``identities`` by type)."""
-    types = path_types(rules)
-    is_blocked = rules.is_blocked
+    index = rules_index(rules)
+    types = index.path_types
+    is_blocked = index.is_blocked
     for f in _EVENT_ID_FIELDS:
         if f not in ev:
             continue
