@@ -138,6 +138,11 @@ class LinkWriter:
         first, last = (items[0][0], items[-1][0]) if items else (0, 0)
         fx = LinkEffects(f"{self.topic}:0:{first}-{last}")
         decided: list[Resolution] = []
+        # The batch's events by (person partition, source): one envelope (or a few) each, so a backlog reaches the
+        # person stage in envelopes as large as the ingest's; flush as the batch's last input said.
+        by_target: dict[tuple[int, str], list[EncodedEntry]] = {}
+        watermarks: dict[str, int] = {}
+        flush = True
         for offset, value in items:
             try:
                 env = decode_envelope(value)
@@ -149,7 +154,8 @@ class LinkWriter:
                                                     [{"field": "$", "error": repr(exc)}], iso(now_ms),
                                                     source={"topic": self.topic, "partition": 0, "offset": offset})))
                 continue
-            by_partition: dict[int, list[EncodedEntry]] = {}
+            flush = env.flush
+            watermarks[env.source] = max(env.watermark, watermarks.get(env.source, env.watermark))
             for en in env.entries:
                 if not en.ids:
                     fx.bad_rows.append((None, BadRow.of(orjson.dumps({"message_id": en.message_id}), Stage.process,
@@ -159,13 +165,18 @@ class LinkWriter:
                     continue
                 res = self.graph.resolve(en.ids, en.ts, en.message_id)
                 fx.events += 1
-                by_partition.setdefault(partition_for(res.oneid, self.partitions), []).append(en.encoded(res.oneid))
+                target = (partition_for(res.oneid, self.partitions), env.source)
+                by_target.setdefault(target, []).append(en.encoded(res.oneid))
                 if res.links or res.merges or res.refusals or res.identities:
                     decided.append(res)
                     self._decided(res, fx)
-            for p, entries in by_partition.items():
-                for raw in encode_envelopes(env.source, env.watermark, entries, env.flush):
-                    fx.messages.append((self.person_topic, None, raw, p))
+        # Events first, then merge commands: a OneID's events of this batch are folded into its state before the
+        # state moves to the survivor (else they reach a pointer and take one more hop).
+        commands, fx.messages = fx.messages, []
+        for (p, source), entries in by_target.items():
+            for raw in encode_envelopes(source, watermarks[source], entries, flush):
+                fx.messages.append((self.person_topic, None, raw, p))
+        fx.messages.extend(commands)
         ids, persons = self.graph.take_writes()
         fx.records = RecordStore.encode(ids, persons)
         self.graph.forget()
