@@ -23,7 +23,7 @@ from pathlib import Path
 
 # The modules of the per-event path: the ingest's (validation aside, which is msgspec's and pydantic's own compiled
 # code) and the person stage's.
-COMPILED = ("batching", "envelope", "ids", "ingest", "normalize", "person", "rows", "timers")
+COMPILED = ("batching", "envelope", "identifiers", "ids", "ingest", "normalize", "person", "rows", "timers")
 MANIFEST = "manifest.json"
 EXT_SUFFIX: str = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 

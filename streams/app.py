@@ -199,7 +199,8 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
     stage = PersonStage(rules, state, sink, send_action, settings.partitions, settings.person_events_topic,
                         int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes,
                         settings.state_cache_persons, settings.sink_insert_threads,
-                        send_bad_row=send_bad_row, raw_topic=settings.raw_topic, send_forward=send_forward)
+                        send_bad_row=send_bad_row, raw_topic=settings.raw_topic, send_forward=send_forward,
+                        salt=settings.pii_salt)
     _link_writer(app, settings, rules, sink, changelog_to_kafka, person_topic)
 
     @app.agent(person_topic, name="persons")

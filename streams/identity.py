@@ -145,7 +145,7 @@ class LinkWriter:
         flush = True
         for offset, value in items:
             try:
-                env = decode_envelope(value)
+                env = decode_envelope(value, self.graph.salt)
             except NewerEnvelopeError:
                 raise  # left unacknowledged for an upgraded worker
             except Exception as exc:

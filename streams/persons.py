@@ -130,13 +130,14 @@ class PersonStage:
                  batch_rows: int = 20_000, batch_envelopes: int = 50, cache_persons: int = 50_000,
                  insert_threads: int = 1, checkpoint_rows: int | None = None,
                  send_bad_row: BadRowSender | None = None, raw_topic: str = "cdp.events.raw",
-                 send_forward: ForwardSender | None = None):
+                 send_forward: ForwardSender | None = None, salt: str = ""):
         self.rules = rules
         self.store = store
         self.sink = sink
         self.send_action = send_action
         self.send_bad_row = send_bad_row  # None: bad rows are logged and counted only (tools, tests)
         self.send_forward = send_forward  # None: merges and forwarded events are logged and dropped (tools, tests)
+        self.salt = salt  # CDP_PII_SALT: identifiers of older envelopes are hashed with it, a split's contacts too
         self.raw_topic = raw_topic  # where the events of an entry came from (a bad row's source)
         self.partitions = partitions
         self.topic = topic
@@ -264,7 +265,7 @@ class PersonStage:
         if is_command(value):
             return self._command(partition, offset, value, now_ms, t0)
         try:
-            env = decode_envelope(value)
+            env = decode_envelope(value, self.salt)
         except NewerEnvelopeError:
             # Written by an upgraded ingest while this worker is not upgraded yet: stopping here leaves it
             # unacknowledged, so an upgraded worker reads it (skipping it would lose its events).

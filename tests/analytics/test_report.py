@@ -142,7 +142,7 @@ def test_report_shows_the_queries_numbers_and_is_self_contained(chdb_sink):
 
     # The header counts what the figures count.
     want_events = sum(1 for _ in generate(400, 20, seed=33, end=END))
-    assert f"{want_events:,} events" in page_html and f"{levels[1]:,}" in page_html
+    assert f"{want_events:,} events" in page_html and f"{data.totals['persons']:,} persons" in page_html
 
 
 def test_report_escapes_text_and_shows_empty_sections():
