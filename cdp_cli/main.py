@@ -438,6 +438,35 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0 if p["found"] else 1
 
 
+def cmd_identity_split(args: argparse.Namespace) -> int:
+    from ops.identity import split_identifier
+    from ops.profile import format_profile, profile
+
+    id_type, sep, value = args.identifier.partition(":")
+    if not (sep and id_type.strip() and value.strip()):
+        print(f"error: expected TYPE:VALUE (e.g. phone:13800138000), got {args.identifier!r}", file=sys.stderr)
+        return 2
+    other = None
+    if args.other:
+        o_type, o_sep, o_value = args.other.partition(":")
+        if not (o_sep and o_type.strip() and o_value.strip()):
+            print(f"error: --from expects TYPE:VALUE, got {args.other!r}", file=sys.stderr)
+            return 2
+        other = (o_type.strip(), o_value)
+    s = Settings()
+    req = split_identifier(s, id_type.strip(), value, other)
+    if req.error:
+        print(f"error: {req.error}", file=sys.stderr)
+        return 2
+    p = profile(s, id_type.strip(), value, on_wait=_tell)
+    if args.json:
+        print(orjson.dumps({"split": {"type": req.id_type, "masked": req.masked}, "person": p}).decode())
+    else:
+        print(f"split {req.id_type} {req.masked} from its person; it now belongs to:\n")
+        print(format_profile(p))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from analytics.report import gather, render_report
     from ops.worker import query
@@ -537,6 +566,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("identifier", metavar="TYPE:VALUE", help="an identifier of the person, e.g. phone:13800138000")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_profile)
+    sp = sub.add_parser("identity", help="identity operations")
+    isub = sp.add_subparsers(dest="identity_command", required=True)
+    ip = isub.add_parser("split", help="remove a wrong link: detach an identifier from its person, re-form the "
+                         "persons it joined, recompute their state and ClickHouse answers")
+    ip.add_argument("identifier", metavar="TYPE:VALUE", help="the identifier to detach, e.g. phone:13800138000")
+    ip.add_argument("--from", dest="other", metavar="TYPE:VALUE",
+                    help="cut only its links with this identifier (one wrong link), not all of them")
+    ip.add_argument("--json", action="store_true", help="print the person it now belongs to as JSON")
+    ip.set_defaults(fn=cmd_identity_split)
     sp = sub.add_parser("report", help="a self-contained HTML page: funnel, retention heatmap, actions per day")
     sp.add_argument("--out", default="report.html", help="file to write (default report.html)")
     sp.add_argument("--steps", default="product_view,add_to_cart,checkout_start,order_paid",

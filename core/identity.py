@@ -280,6 +280,7 @@ class IdentityGraph:
             reason = self._refused(p, q, ts, p_fresh or q_fresh)
             if reason is not None:
                 res.refusals.append(Refusal(reason, ident[0], ident[1], ident[2], p.o, q.o, ts, message_id))
+                p_fresh = False  # its OneID is named in the refusal: known outside from now on
                 continue
             p = self._merge(p, q, p_fresh, q_fresh, ident, primary, ts, message_id, res)
             p_fresh = False
@@ -378,19 +379,29 @@ class IdentityGraph:
 
     # -- split -----------------------------------------------------------------------------------------------------
 
-    def split(self, id_hash: str, ts: int, reason: str = "operator") -> SplitResult | None:
-        """Detach an identifier from its person: the links it took part in are removed (and never made again), and
-        the rest re-form as the persons their remaining links connect. None if the identifier is unknown."""
+    def split(self, id_hash: str, ts: int, reason: str = "operator", other_hash: str | None = None,
+              ) -> SplitResult | None:
+        """Detach an identifier from its person: the links it took part in (only those with ``other_hash``, if
+        given: one wrong link) are removed and never made again, and the person's identifiers re-form as the
+        persons their remaining links connect. None if the identifier is unknown (or not ``other_hash``'s person)."""
         rec = self._id(id_hash)
         if rec is None:
             return None
         p = self._person(rec.o)
-        if p is None:
+        if p is None or (other_hash is not None and other_hash not in {m.h for m in p.ids}):
             return None
+
+        def cut(lk: LinkRecord) -> bool:
+            if other_hash is None:
+                return lk.h == id_hash or lk.other == id_hash
+            return {lk.h, lk.other} == {id_hash, other_hash}
+
         out = SplitResult(previous_oneid=p.o)
-        kept = [lk for lk in p.links if lk.h != id_hash and lk.other != id_hash]
-        out.removed_links = [lk for lk in p.links if lk.h == id_hash or lk.other == id_hash]
+        kept = [lk for lk in p.links if not cut(lk)]
+        out.removed_links = [lk for lk in p.links if cut(lk)]
         cut_from = sorted({lk.other if lk.h == id_hash else lk.h for lk in out.removed_links})
+        if other_hash is not None:
+            cut_from = sorted({*cut_from, other_hash})
         # Components of the remaining links (union-find over the person's identifiers).
         parent = {m.h: m.h for m in p.ids}
 
@@ -409,7 +420,7 @@ class IdentityGraph:
         for m in p.ids:
             if m.h == id_hash:
                 m = Member(m.h, m.t, m.j, sorted({*m.u, *cut_from}))
-            groups.setdefault(find(m.h) if m.h != id_hash else "\0" + m.h, []).append(m)
+            groups.setdefault(find(m.h), []).append(m)
         for members in groups.values():
             anchor = self._anchor(members)
             o = oneid_for_hash(self.salt, anchor[1])

@@ -120,7 +120,8 @@ def identity_line(r: IdentityRowLike) -> bytes:
 
 
 def merge_line(m: MergeLike) -> bytes:
-    return orjson.dumps([m.from_oneid, m.into_oneid, ch_time(m.at), m.reason, "merge", m.message_id])
+    return orjson.dumps([m.from_oneid, m.into_oneid, ch_time(m.at), m.reason, getattr(m, "op", "merge"),
+                         m.message_id])
 
 
 def link_line(link: LinkLike, rule_version: int) -> bytes:

@@ -18,6 +18,7 @@ directory's records are the same puts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -33,13 +34,15 @@ from core.identity import (
     IdRecord,
     PersonRecord,
     Resolution,
+    SplitResult,
     decode_id,
     decode_person,
     encode_record,
 )
-from core.identity_rows import IDENTITY_TABLES, resolution_lines
+from core.identity_rows import IDENTITY_TABLES, identity_lines, merge_lines, resolution_lines
 from core.ids import partition_for
 from core.person_merge import merge_command
+from core.split import EventRecord, is_split_request, reassign, rebuild_states, split_command
 from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage
 from sinks.clickhouse import ClickHouseSink
@@ -48,6 +51,12 @@ from streams.directory import directory_records
 from streams.sink_writer import SinkWriter
 
 log = logging.getLogger("cdp.identity")
+
+# A split's persons' events, as the rebuild reads them (after the split's rows are in: each resolves to one of them).
+SPLIT_EVENTS_SQL = (
+    "SELECT message_id, oneid, id_hash, type, event, name, properties, toUnixTimestamp64Milli(ts), "
+    "toUnixTimestamp64Milli(received_at), raw_partition, raw_offset "
+    "FROM cdp.events_resolved WHERE oneid IN {parts:Array(String)}")
 
 # Sends (topic, key, value, partition) and returns an awaitable acknowledgement.
 Sender = Callable[[str, bytes | None, bytes, int | None], Awaitable[Awaitable[Any]]]
@@ -88,6 +97,8 @@ class LinkEffects:
     merges: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
     sizes: list[int] = field(default_factory=list)  # identifiers of each person a link changed
+    splits: list[SplitResult] = field(default_factory=list)
+    unknown_splits: list[str] = field(default_factory=list)  # hashes of identifiers a split named, unknown here
 
 
 def directory_messages(topic: str, decided: Sequence[Resolution | Any]) -> list[
@@ -144,6 +155,9 @@ class LinkWriter:
         watermarks: dict[str, int] = {}
         flush = True
         for offset, value in items:
+            if is_split_request(value):
+                self._split(value, fx)
+                continue
             try:
                 env = decode_envelope(value, self.graph.salt)
             except NewerEnvelopeError:
@@ -181,8 +195,46 @@ class LinkWriter:
         fx.records = RecordStore.encode(ids, persons)
         self.graph.forget()
         fx.tables = {t: v for t, v in resolution_lines(decided, self.version).items() if v}
-        fx.messages.extend(directory_messages(self.directory_topic, decided))
+        if fx.splits:
+            fx.tables.setdefault("identities", []).extend(identity_lines(r for sp in fx.splits for r in sp.identities))
+            fx.tables.setdefault("identity_merges", []).extend(merge_lines(m for sp in fx.splits for m in sp.merges))
+        fx.messages.extend(directory_messages(self.directory_topic, [*decided, *fx.splits]))
         return fx
+
+    def _split(self, value: bytes, fx: LinkEffects) -> None:
+        req = orjson.loads(value)
+        sp = self.graph.split(req["hash"], int(req["at"]), other_hash=req.get("other"))
+        if sp is None:
+            log.warning("split of an identifier the graph does not know (%s…)", req["hash"][:12])
+            fx.unknown_splits.append(req["hash"])
+            return
+        fx.splits.append(sp)
+        for m in sp.merges:
+            fx.messages.append((self.profile_topic, m.into_oneid.encode(), profile_change(m, self.version), None))
+
+    async def _rebuild(self, sp: SplitResult, fx: LinkEffects, at: int) -> None:
+        """A split's persons' states from their events (read back from ClickHouse, where the split's rows are in
+        by now), the events reassigned, and the command that puts the states in place."""
+        events: list[EventRecord] = []
+        if self.sink is not None:
+            rows = await asyncio.get_running_loop().run_in_executor(None, lambda: self.sink.rows(  # type: ignore
+                SPLIT_EVENTS_SQL, {"parts": list(sp.persons)}))
+            for mid, oneid, id_hash, typ, event, name, props, ts, rcv, rp, ro in rows:
+                ev: dict[str, Any] = {"type": typ, "properties": orjson.loads(props) if props else {}}
+                if typ == "track":
+                    ev["event"] = event
+                if name:
+                    ev["name"] = name
+                events.append(EventRecord(mid, oneid, id_hash, ev, int(ts), int(rcv), (int(rp), int(ro))))
+        target = reassign(events, sp.persons)
+        moved = [orjson.dumps([mid, o, at / 1000]) for mid, o in target.items()]
+        if moved and self.writer is not None:
+            await self.writer.insert("event_oneids", moved, ["message_id", "oneid", "at"],
+                                     f"{fx.token}:split:{sp.previous_oneid}:event_oneids", compact=True)
+        states = rebuild_states(events, target, sp.persons, self.rules)
+        cmd = split_command(sp.previous_oneid, at, {o: (hs, states[o]) for o, hs in sp.persons.items()})
+        fx.messages.append((self.person_topic, sp.previous_oneid.encode(), cmd,
+                            partition_for(sp.previous_oneid, self.partitions)))
 
     def _decided(self, res: Resolution, fx: LinkEffects) -> None:
         fx.messages.extend(merge_messages(self.person_topic, self.partitions, res))
@@ -205,6 +257,9 @@ class LinkWriter:
                                                    compact=True)
                 for r in refused:  # a row ClickHouse refuses is logged; the decision it records stands in the graph
                     log.error("%s row refused by ClickHouse: %s", table, r.error)
+        for sp in fx.splits:
+            await self._rebuild(sp, fx, max(m.at for m in sp.merges) if sp.merges else int(time.time() * 1000))
+            metrics.identity_splits.inc()
         acks = [await self.send(topic, key, value, partition) for topic, key, value, partition in fx.messages]
         acks += [await self.send(self.dlq_topic, key, row.model_dump_json().encode(), None)
                  for key, row in fx.bad_rows]

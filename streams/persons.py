@@ -31,7 +31,8 @@ from core.clock import iso
 from core.envelope import EncodedEntry, Entry, NewerEnvelopeError, decode_envelope, encode_envelopes, entry_event
 from core.ids import partition_for
 from core.person import PersonState, fire_due, fold_entries
-from core.person_merge import apply_command, decode_command, is_command
+from core.person_merge import Outcome, apply_command, decode_command, is_command
+from core.split import apply_split, put_in_place
 from core.rows import action_row
 from core.timers import TimerQueue, WatermarkTracker
 from rules.loader import RuleSet
@@ -351,17 +352,26 @@ class PersonStage:
         return tuple(keep), out
 
     def _command(self, partition: int, offset: int, value: bytes, now_ms: int, t0: float) -> Effects:
-        """A merge or absorb command (core.person_merge) on the state it is addressed to."""
+        """A merge or absorb command (core.person_merge), or a split's (core.split), on the state it is addressed
+        to."""
         self._seq += 1
         token = f"{self.topic}:{partition}:{offset}"
         states: dict[str, PersonState] = {}
         forwards: list[tuple[int, bytes, bytes]] = []
         try:
             cmd = decode_command(value)
-            pk = cmd.from_oneid if cmd.cmd == "merge" else cmd.into_oneid
+            pk = cmd.from_oneid if cmd.cmd in ("merge", "split") else cmd.into_oneid
             st = self._state(states, partition, pk)
             before = st.next_deadline()
-            out = apply_command(cmd, st, self.rules, self.dedupe_window_ms)
+            if cmd.cmd == "split":  # the old person's state becomes its new persons'
+                sends = apply_split(st, cmd.state, self.salt, cmd.at)
+                forwards += [(partition_for(o, self.partitions), o.encode(), msg) for o, msg in sends]
+                out = Outcome(True)
+            elif cmd.cmd == "replace":  # a new person of a split: its rebuilt state
+                put_in_place(st, PersonState.from_bytes(cmd.state))
+                out = Outcome(True)
+            else:
+                out = apply_command(cmd, st, self.rules, self.dedupe_window_ms)
         except Exception as exc:  # a bad command is dead-lettered and skipped, never a crash
             log.error("person command at %s:%s:%s failed: %r", self.topic, partition, offset, exc)
             bad = _failure(value, "bad_command", exc, now_ms, topic=self.topic, partition=partition, offset=offset)

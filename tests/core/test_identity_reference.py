@@ -194,6 +194,7 @@ class ReferenceGraph:
             reason = self._refused(p, q, ts, fresh)
             if reason is not None:
                 out.refusals.append((reason, by_hash[hsh], hsh, self.oneid_of_person(p), self.oneid_of_person(q)))
+                p_fresh = False  # named in the refusal: a OneID known outside
                 continue
             p_oneid, q_oneid = self.oneid_of_person(p), self.oneid_of_person(q)
             for m in self.members[q]:

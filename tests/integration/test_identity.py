@@ -174,3 +174,65 @@ def test_anonymous_events_before_login_count_for_the_customer(deployment):
     assert people.split() == ["5", "10"]
     assert funnel == "3\t5"
     assert health["persons"]["events_sunk"] == len(lines)
+
+
+def test_split_restores_both_persons_their_counts_and_funnel_rows(deployment):
+    from ops.identity import split_identifier
+    from ops.profile import profile
+
+    s = deployment.settings
+    t = datetime.now(UTC) - timedelta(hours=5)
+
+    def ev(mid: str, minutes: int, **kw: object) -> bytes:
+        return orjson.dumps({"type": "track", "messageId": mid, "timestamp": _iso(t + timedelta(minutes=minutes)),
+                             **kw})
+
+    lines = [
+        # Customer A: a known user with a phone.
+        ev("a1", 0, type="identify", userId="ua", traits={"phone": "13900000001"}),
+        ev("a2", 1, event="product_view", userId="ua"),
+        ev("a3", 2, event="add_to_cart", userId="ua"),
+        # Customer B: a mini-program shopper who gave a phone, nothing else.
+        ev("b1", 3, type="identify", anonymousId="bb", traits={"phone": "13900000002"}),
+        ev("b2", 4, event="product_view", anonymousId="bb"),
+        ev("b3", 5, event="product_view", anonymousId="bb"),
+        # A's order, with B's number typed by mistake: no rule can tell, the two are merged.
+        ev("a4", 10, event="order_paid", userId="ua", identities={"phone": "13900000002"}),
+    ]
+
+    def persons() -> str:
+        return query(s, "SELECT uniqExact(oneid) FROM cdp.events_resolved", "TabSeparated").decode().strip()
+
+    def funnel() -> str:
+        return query(s, "SELECT level, count() FROM (SELECT oneid, windowFunnel(86400)(toDateTime(ts), "
+                        "event = 'product_view', event = 'add_to_cart', event = 'order_paid') AS level "
+                        "FROM cdp.events_resolved GROUP BY oneid) GROUP BY level ORDER BY level",
+                     "TabSeparated").decode().strip()
+
+    with deployment.worker() as w:
+        w.start(s)
+        run(publish_lines(s, lines))
+        run(wait_processed(s, timeout_s=180))
+        assert persons() == "1"
+        merged = profile(s, "phone", "13900000002")
+        assert merged["found"]
+        req = split_identifier(s, "phone", "13900000002", ("user_id", "ua"))
+        assert not req.error
+        assert persons() == "2"
+        assert funnel() == "1\t1\n3\t1"
+        a, b = profile(s, "user_id", "ua"), profile(s, "anonymous_id", "bb")
+        assert a["oneid"] != b["oneid"]
+        assert b["oneid"] == profile(s, "phone", "13900000002")["oneid"]
+        # The same person as before the split answers for A (its user_id's OneID); B is a person of its own.
+        assert a["oneid"] == merged["oneid"]
+        per_person = dict(tuple(r.split("\t")) for r in query(
+            s, "SELECT oneid, count() FROM cdp.events_resolved GROUP BY oneid", "TabSeparated").decode().split("\n")
+            if r)
+        assert sorted(per_person.values()) == ["3", "4"]
+        assert per_person[a["oneid"]] == "4"
+        # The mistyped link is not made again when A's order is replayed.
+        run(publish_lines(s, [lines[-1]]))
+        run(wait_processed(s, timeout_s=180))
+        assert persons() == "2"
+        health = w.health() or {}
+    assert health["persons"]["stopped"] is None
