@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from functools import cached_property
 from pathlib import Path
 
@@ -80,6 +82,32 @@ class Settings(BaseSettings):
     @property
     def runs_persons(self) -> bool:
         return "persons" in self.roles.split(",")
+
+    @cached_property
+    def salt(self) -> str:
+        """The salt of identifier hashes and OneIDs: ``CDP_PII_SALT``, else one made for this data directory at
+        its first use (``<CDP_DATA_DIR>/pii_salt``, 0600), so no deployment runs unsalted (a OneID or hash of an
+        unsalted phone number can be found by trying every number). Workers that share persons but not a data
+        directory must be given the same ``CDP_PII_SALT``; changing it re-keys every person."""
+        if self.pii_salt:
+            return self.pii_salt
+        path = self.data_dir / "pii_salt"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"pii_salt.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # whole or not at all; of two processes making it at once, the first one's is kept
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_text().strip()
 
     @cached_property
     def resolved_rules_dir(self) -> Path:

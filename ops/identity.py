@@ -47,7 +47,7 @@ def _hash(s: Settings, rules: IdentityRules, id_type: str, value: str) -> tuple[
     normal = normalized(rules, id_type, value)
     if normal is None:
         return "", mask(id_type, value), f"{mask(id_type, value)} is not a valid {id_type}"
-    return identifier_hash(s.pii_salt, id_type, normal), mask(id_type, normal), ""
+    return identifier_hash(s.salt, id_type, normal), mask(id_type, normal), ""
 
 
 def split_identifier(s: Settings, id_type: str, value: str, other: tuple[str, str] | None = None,

@@ -146,15 +146,15 @@ def profile(settings: Settings, id_type: str, value: str, run: Run | None = None
         return {"found": False, "identifier": {"type": id_type, "masked": masked, "hash": None},
                 "message": f"no person has {id_type} {masked}: it is not a valid {id_type}"}
     if run is not None:
-        return person_profile(run, settings.pii_salt, id_type, normal)
+        return person_profile(run, settings.salt, id_type, normal)
     from ops.worker import _on_clickhouse, worker_query
 
     return _on_clickhouse(
         settings,
         lambda info: person_profile(lambda q: _rows(worker_query(info, q.sql, "JSONEachRow", q.params)),
-                                    settings.pii_salt, id_type, normal),
+                                    settings.salt, id_type, normal),
         lambda sink: person_profile(lambda q: _rows(sink.read_query(q.sql, "JSONEachRow", q.params)),
-                                    settings.pii_salt, id_type, normal),
+                                    settings.salt, id_type, normal),
         on_wait)
 
 

@@ -200,7 +200,7 @@ def _person_stage(app: faust.App, settings: Settings, rules: RuleSet, sink: Clic
                         int(settings.dedupe_window_s * 1000), settings.sink_batch_rows, settings.sink_batch_envelopes,
                         settings.state_cache_persons, settings.sink_insert_threads,
                         send_bad_row=send_bad_row, raw_topic=settings.raw_topic, send_forward=send_forward,
-                        salt=settings.pii_salt)
+                        salt=settings.salt)
     _link_writer(app, settings, rules, sink, changelog_to_kafka, person_topic)
 
     @app.agent(person_topic, name="persons")
@@ -319,7 +319,7 @@ def _link_writer(app: faust.App, settings: Settings, rules: RuleSet, sink: Click
                                           value_serializer="raw")
         return await t.send(key=key, value=value, partition=partition)
 
-    writer = LinkWriter(rules, state, sink, send, salt=settings.pii_salt, partitions=settings.partitions,
+    writer = LinkWriter(rules, state, sink, send, salt=settings.salt, partitions=settings.partitions,
                         topic=settings.identity_topic, person_topic=settings.person_events_topic,
                         directory_topic=settings.identity_directory_topic,
                         profile_topic=settings.profile_changes_topic, dlq_topic=settings.dlq_topic)

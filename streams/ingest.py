@@ -358,7 +358,7 @@ class Ingest:
         metrics.events_in.inc(n)
         res = ingest_batches(batches, self.rules, self.s.partitions, now_ms, int(self.s.max_future_s * 1000),
                              resolve=self.directory.resolve if self.directory is not None else None,
-                             salt=self.s.pii_salt)
+                             salt=self.s.salt)
         for part, ts in res.max_event_ts.items():
             self.max_ts[part] = max(self.max_ts.get(part, 0), ts)
         # Caught up (every raw partition read to its high-water mark): downstream need not hold these events

@@ -32,8 +32,8 @@ from core.envelope import EncodedEntry, Entry, NewerEnvelopeError, decode_envelo
 from core.ids import partition_for
 from core.person import PersonState, fire_due, fold_entries
 from core.person_merge import Outcome, apply_command, decode_command, is_command
-from core.split import apply_split, put_in_place
 from core.rows import action_row
+from core.split import apply_split, put_in_place
 from core.timers import TimerQueue, WatermarkTracker
 from rules.loader import RuleSet
 from schemas.bad_rows import BadRow, Stage

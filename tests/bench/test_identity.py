@@ -38,7 +38,7 @@ def test_a_replica_holding_the_known_directory_resolves_nearly_every_event_itsel
     try:
         replica._apply([Record(k, v, i) for i, (k, v) in enumerate(known["records"])])
         res = ingest_records([RawRecord("raw", 0, i, 0, None, v) for i, v in enumerate(lines)],
-                             load_rules(s.resolved_rules_dir), 4, 0, resolve=replica.resolve, salt=s.pii_salt)
+                             load_rules(s.resolved_rules_dir), 4, 0, resolve=replica.resolve, salt=s.salt)
     finally:
         replica._db.close()
     unresolved = len(res.entries.get(UNRESOLVED, []))

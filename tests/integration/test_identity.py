@@ -69,7 +69,9 @@ def shoppers(n: int, seed: int) -> list[bytes]:
 
 
 def second_worker(deployment, tmp_path) -> WorkerProcess:
+    # Workers that share persons share the salt of identifier hashes (the first's data directory made it).
     env = {**deployment.env, "CDP_DATA_DIR": str(tmp_path / "w2"), "CDP_WEB_PORT": str(free_port()),
+           "CDP_PII_SALT": deployment.settings.salt,
            "CDP_CLICKHOUSE_URL": f"chdb://{tmp_path / 'w2' / 'clickhouse'}"}
     return WorkerProcess(env=env, log_path=tmp_path / "worker2.log")
 
@@ -116,7 +118,7 @@ def test_two_workers_on_four_partitions_form_the_reference_models_persons(deploy
 
     # The reference, fed what the link writer read, in its order (the events the ingest resolved itself held
     # only identifiers already one person: to the reference they change nothing).
-    ref = ReferenceGraph(default_identity(), s.pii_salt)
+    ref = ReferenceGraph(default_identity(), s.salt)
     slow_again = 0
     for m in run(read_topic(s, s.identity_topic)):
         for en in decode_envelope(m.value).entries:
@@ -128,7 +130,7 @@ def test_two_workers_on_four_partitions_form_the_reference_models_persons(deploy
 
     # What users would check: two user_ids never share a person; the shared tablet and the blocked test phone
     # made no mega-user; an anonymous shopper who logged in is one person under the user_id's OneID.
-    salt = s.pii_salt
+    salt = s.salt
     types = {identifier_hash(salt, "user_id", f"user-7-{i}"): "user_id" for i in range(150)}
     assert all(sum(1 for h in hs if h in types) <= 1 for hs in got.values())
     # The largest person holds one shopper's identifiers (7 kinds at most) and perhaps those of a shopper known

@@ -246,7 +246,7 @@ def test_the_text_layout_names_each_section_and_never_the_raw_value(world):
 @pytest.fixture()
 def cli_env(world, monkeypatch):
     s = world.settings
-    for k, v in {"CDP_CLICKHOUSE_URL": s.clickhouse_url, "CDP_PII_SALT": s.pii_salt, "CDP_DATA_DIR": str(s.data_dir),
+    for k, v in {"CDP_CLICKHOUSE_URL": s.clickhouse_url, "CDP_PII_SALT": s.salt, "CDP_DATA_DIR": str(s.data_dir),
                  "CDP_TOPIC_PREFIX": s.topic_prefix}.items():
         monkeypatch.setenv(k, v)
     return world
