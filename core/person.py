@@ -21,7 +21,6 @@ from rules.loader import RuleSet, TriggerRule
 # Every event of a person is routed to one partition, so this is correct with any number of workers.
 DEDUPE_MAX_IDS = 1000
 DEDUPE_WINDOW_MS = 7 * 86_400_000
-CONTACT_TYPES = ("phone", "email", "wechat_openid", "wechat_unionid", "miniapp_openid", "device_id", "crm_id")
 
 
 @dataclass(slots=True)
@@ -55,6 +54,7 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
     """Fold one person's new events into their state. Out-of-order events are handled by event time."""
     res = PersonResult(state=state)
     triggers = rules.triggers_by_event
+    contact_types = rules.contact_types
     # Locals: this loop runs for every event the person stage takes.
     seen, counts, last_seen, accepted = state.seen, state.counts, state.last_seen, res.accepted
     n0, first0, last0 = n, first, last = state.n_events, state.first_ts, state.last_ts
@@ -83,7 +83,7 @@ def apply_events(state: PersonState, entries: list[Entry], rules: RuleSet,
                 last_seen[name] = ts
             if en.needs_body:
                 ev = en.event
-                _update_contacts(state, ev.get("identities") or {}, ev.get("traits") or {}, ts)
+                _update_contacts(state, ev.get("identities") or {}, ev.get("traits") or {}, ts, contact_types)
             rules_of_event = triggers.get(name)
             if rules_of_event:
                 for rule in rules_of_event:
@@ -148,9 +148,10 @@ def fold_entries(entries: Sequence[Entry], state_of: Callable[[str], PersonState
     return out
 
 
-def _update_contacts(state: PersonState, ids: dict[str, Any], traits: dict[str, Any], ts: int) -> None:
+def _update_contacts(state: PersonState, ids: dict[str, Any], traits: dict[str, Any], ts: int,
+                     contact_types: tuple[str, ...]) -> None:
     contacts, contacts_at = state.contacts, state.contacts_at
-    for t in CONTACT_TYPES:
+    for t in contact_types:
         v = ids.get(t) or traits.get(t)
         if isinstance(v, str) and v:
             at = contacts_at.get(t)

@@ -251,7 +251,7 @@ def format_profile(p: dict[str, Any]) -> str:
     shown = f", the latest {len(p['refusals'])}" if p["refusals_total"] > len(p["refusals"]) else ""
     out += ["", f"refused links ({p['refusals_total']}{shown})"]
     for r in p["refusals"]:
-        out.append(f"  {r['at']}  {r['id_type']} {r['id_masked']} of {r['oneid']} not linked to {r['other_oneid']}: "
+        out.append(f"  {r['at']}  {r['id_type']} {r['id_masked']} of {r['other_oneid']} not linked to {r['oneid']}: "
                    f"{r['reason']}" + (f" ({r['meaning']})" if r["meaning"] else "")
                    + f"  (event {r['message_id']}, rules v{r['rule_version']})")
     ev = p["events"]

@@ -276,6 +276,11 @@ class RuleSet:
         return tuple(t for t in self.triggers if t.enabled)
 
     @cached_property
+    def contact_types(self) -> tuple[str, ...]:
+        """The identifier types whose latest value a person keeps as a contact (``contact: true``)."""
+        return tuple(name for name, t in self.identity.types.items() if t.contact)
+
+    @cached_property
     def triggers_by_event(self) -> dict[str, tuple[TriggerRule, ...]]:
         """The enabled triggers an event name arms or cancels (its ``when`` or ``unless``), in rule order: one
         lookup per event in the person stage instead of a pass over every rule."""

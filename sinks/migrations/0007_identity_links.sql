@@ -19,8 +19,9 @@ PARTITION BY toYYYYMM(at)
 ORDER BY (id_hash, other_hash, message_id)
 SETTINGS non_replicated_deduplication_window = 10000;
 
--- One row per link refused: id_hash (the lower-priority identifier, left in oneid's person) was not joined to
--- other_oneid's person, for `reason` (unique, limit, limit_window, max_identifiers, max_merges, split).
+-- One row per link refused: id_hash (the lower-priority identifier, left in other_oneid's person) was not joined to
+-- oneid's person (the one the event went to), for `reason` (unique, limit, limit_window, max_identifiers,
+-- max_merges, split; with the type whose rule it was, e.g. unique:user_id).
 CREATE TABLE IF NOT EXISTS cdp.identity_refusals (
     at DateTime64(3, 'UTC'),
     message_id String,

@@ -115,7 +115,8 @@ class World:
                  Link("anonymous_id", h["anon"], "user_id", h["user"], o["user"], T0 + DAY, "m-3"),
                  Link("device_id", h["device2"], "user_id", h["user"], o["user"], T0 + 3 * DAY, "m-5"),
                  Link("anonymous_id", "h-other", "user_id", h["stranger"], o["stranger"], T0, "m-9")]
-        refusals = [Refusal("unique", "device_id", h["device"], "d***", o["user"], o["user2"], T0 + 2 * DAY, "m-4"),
+        # user2's event named the user's device: refused, the device stays the user's (oneid: where the event went)
+        refusals = [Refusal("unique", "device_id", h["device"], "d***", o["user2"], o["user"], T0 + 2 * DAY, "m-4"),
                     Refusal("limit", "device_id", "h-other", "x-***", o["stranger"], "o_nobody", T0, "m-9")]
         ins = sink.insert_json
         ins("identities", identity_lines(identities), IDENTITY_COLUMNS, compact=True)
@@ -177,7 +178,7 @@ def test_the_person_has_its_identifiers_masked_links_merges_and_refused_links_wi
                                      # split off since: no longer an identifier of the person, named still
                                      ("device_id", "d***", "user_id", "u***", "m-5", 7)]
     assert [(r["reason"], r["id_hash"], r["id_masked"], r["oneid"], r["other_oneid"], r["meaning"])
-            for r in p["refusals"]] == [("unique", h["device"], "d***", o["user"], o["user2"],
+            for r in p["refusals"]] == [("unique", h["device"], "d***", o["user2"], o["user"],
                                          REFUSAL_REASONS["unique"])]
     assert p["refusals_total"] == 1
     assert PHONE not in orjson.dumps(p).decode()  # never the raw value
@@ -186,8 +187,8 @@ def test_the_person_has_its_identifiers_masked_links_merges_and_refused_links_wi
 def test_the_other_side_of_a_refused_link_sees_it_too(world):
     p = profile(world.settings, "user_id", "u-2")
     assert p["oneid"] == world.o["user2"] and p["merged_oneids"] == []
-    assert [(r["reason"], r["id_type"], r["oneid"]) for r in p["refusals"]] == [("unique", "device_id",
-                                                                                  world.survivor)]
+    assert [(r["reason"], r["id_type"], r["oneid"], r["other_oneid"]) for r in p["refusals"]] == [
+        ("unique", "device_id", world.o["user2"], world.o["user"])]
     assert p["links"] == [] and p["events"]["total"] == 0 and p["actions"] == []
 
 
@@ -238,7 +239,7 @@ def test_the_text_layout_names_each_section_and_never_the_raw_value(world):
     for section in ("merges (2)", "identifiers (4)", "links (4)", "refused links (1)", "events (4): first "
                     f"{text(T0 + 10)}, last {text(T0 + DAY + 20)}", "recent events (4)", "actions (1)"):
         assert section in lines, section
-    assert any("device_id d*** of" in ln and f"not linked to {world.o['user2']}: unique" in ln for ln in lines)
+    assert any(f"device_id d*** of {world.o['user']} not linked to {world.o['user2']}: unique" in ln for ln in lines)
     assert "  tags: buyer" in lines
     assert PHONE not in out
 
