@@ -49,7 +49,7 @@ test: setup ## every test: unit, agent, integration against the real broker and 
 test-unit: setup ## the tests that need no broker
 	$(BIN)/pytest -q -m "not integration"
 
-bench: setup ## the benchmark: pipeline rate against the raw consume rate, same run
+bench: setup ## the benchmark: pipeline and identity rates against the raw consume rate, same run; RocksDB bytes
 	@bash deploy/local/with-kafka.sh $(BIN)/cdp bench --json
 
 lint: setup ## ruff and mypy

@@ -79,7 +79,7 @@ def known_directory(lines: Sequence[bytes], settings: Settings) -> dict[str, Any
     """The directory records the link writer makes of these events, and the share of the events a replica holding
     them resolves (the rest, identifiers of two persons a rule kept apart, go to the link writer in any run)."""
     rules = load_rules(settings.resolved_rules_dir)
-    salt = settings.pii_salt
+    salt = settings.salt
     graph = IdentityGraph(rules.identity, salt)
     identities: list[IdentityRow] = []
     merges: list[Merge] = []
@@ -158,7 +158,7 @@ def link_writer_rate(persons: int, path: Path, settings: Settings | None = None)
     lines = new_person_events(persons)
     for i in range(0, len(lines), s.ingest_batch):
         res = ingest_records([RawRecord("raw", 0, i + j, now, None, v)
-                              for j, v in enumerate(lines[i:i + s.ingest_batch])], rules, 1, now, salt=s.pii_salt)
+                              for j, v in enumerate(lines[i:i + s.ingest_batch])], rules, 1, now, salt=s.salt)
         envelopes.extend(encode_envelopes("bench", 0, res.entries.get(UNRESOLVED, []), flush=False))
     table = RocksTable(path)
     sent = {"messages": 0, "bytes": 0}
@@ -169,7 +169,7 @@ def link_writer_rate(persons: int, path: Path, settings: Settings | None = None)
         sent["bytes"] += len(value)
         return done
 
-    writer = LinkWriter(rules, table, None, send, salt=s.pii_salt, partitions=s.partitions, topic="identity",
+    writer = LinkWriter(rules, table, None, send, salt=s.salt, partitions=s.partitions, topic="identity",
                         person_topic="persons", directory_topic="directory", profile_topic="changes",
                         dlq_topic="dlq")
 
@@ -215,7 +215,7 @@ def storage_bytes(identifiers: int, path: Path, settings: Settings | None = None
     rules = load_rules(s.resolved_rules_dir)
     persons = -(-identifiers // IDS_PER_PERSON)
     table = RocksTable(path / "link-writer")
-    graph = IdentityGraph(rules.identity, s.pii_salt, RecordStore(table))
+    graph = IdentityGraph(rules.identity, s.salt, RecordStore(table))
     (path / "directory").mkdir(parents=True, exist_ok=True)
     directory = Rdict(str(path / "directory"), Options(raw_mode=True))
     raw = {"link_writer": 0, "directory": 0}  # key + value bytes written (the last write of each key)
@@ -228,7 +228,7 @@ def storage_bytes(identifiers: int, path: Path, settings: Settings | None = None
             merges: list[Merge] = []
             people = range(first, min(first + per_batch, persons))
             for i in people:
-                visit, login = _idents(s.pii_salt, i)
+                visit, login = _idents(s.salt, i)
                 for k, event in enumerate((visit, login)):
                     res = graph.resolve(event, ts + 2 * i + k, f"m{i}-{k}")
                     ids.extend(res.identities)
@@ -265,19 +265,20 @@ def storage_bytes(identifiers: int, path: Path, settings: Settings | None = None
             "directory_record_bytes_per_id": round(raw["directory"] / n, 1)}
 
 
-def identity_figures(raw_consume_eps: float, tmp: Path, persons: int, identifiers: int) -> dict[str, Any]:
+def identity_figures(raw_consume_eps: float, tmp: Path, persons: int, identifiers: int,
+                     settings: Settings | None = None) -> dict[str, Any]:
     """The link writer's rate on new persons (against the raw consume rate of the same run) and the bytes per
     million identifiers, as ``cdp bench --json`` reports them; 0 persons or identifiers skips that part."""
     out: dict[str, Any] = {}
     if persons:
-        lw = link_writer_rate(persons, tmp / "identity-link-writer")
+        lw = link_writer_rate(persons, tmp / "identity-link-writer", settings)
         out["identity_new_eps"] = round(lw["eps"])
         out["identity_new_ratio"] = round(lw["eps"] / raw_consume_eps, 3)
         out["identity_new_events"] = lw["events"]
         out["identity_new_merges"] = lw["merges"]
         out["identity_new_messages_per_event"] = round(lw["messages_per_event"], 2)
     if identifiers:
-        st = storage_bytes(identifiers, tmp / "identity-storage")
+        st = storage_bytes(identifiers, tmp / "identity-storage", settings)
         out["identity_storage_ids"] = st["identifiers"]
         out["identity_storage_s"] = st["seconds"]
         out["link_writer_bytes_per_million_ids"] = st["link_writer_bytes_per_million_ids"]

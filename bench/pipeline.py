@@ -140,12 +140,14 @@ class CpuSampler:
 
 
 def _pipeline_rate(lines: list[bytes], tmp: Path, port: int, split: bool, run: str,
-                   directory: Sequence[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
+                   directory: Sequence[tuple[bytes, bytes]] = (), salt: str = "") -> dict[str, Any]:
     """Publish the events under a fresh prefix and time the pipeline over them: one worker running both stages,
     or (``split``) an ingest-only worker beside a person-stage worker, the two using both cores. ``directory``:
-    identity directory records published first (the ingest's replica reads them before its first fetch)."""
+    identity directory records published first (the ingest's replica reads them before its first fetch), made
+    with ``salt``, which the workers then hash identifiers with too."""
     prefix = f"{run}{uuid.uuid4().hex[:4]}"
     base = {"CDP_TOPIC_PREFIX": prefix, "CDP_CLICKHOUSE_URL": f"chdb://{tmp / prefix / 'clickhouse'}",
+            **({"CDP_PII_SALT": salt} if salt else {}),
             "CDP_LOG_LEVEL": "WARNING"}
     persons_env = {**base, "CDP_DATA_DIR": str(tmp / prefix / "persons"), "CDP_WEB_PORT": str(port),
                    "CDP_ROLES": "persons" if split else "ingest,persons"}
@@ -276,7 +278,7 @@ def pipeline_rows(lines: list[bytes], settings: Settings) -> list[bytes]:
     from rules.loader import load_rules
 
     now = int(time.time() * 1000)
-    salt = settings.pii_salt
+    salt = settings.salt
     # Every identifier known, each event its primary identifier's person: as a directory that knows them all.
     res = ingest_records([RawRecord("raw", 0, i, now, None, v) for i, v in enumerate(lines)],
                          load_rules(settings.resolved_rules_dir), 1, now,
@@ -299,8 +301,11 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         lines = bench_events(events, users)
         from bench.identity import known_directory
 
-        known = known_directory(lines, Settings())
-        one = _pipeline_rate(lines, tmp, port, split=False, run=run, directory=known["records"])
+        # One salt for the directory made here and every worker's hashes (each worker's data directory would
+        # otherwise make its own).
+        salt = os.environ.get("CDP_PII_SALT") or f"bench-{uuid.uuid4().hex}"
+        known = known_directory(lines, Settings(pii_salt=salt))
+        one = _pipeline_rate(lines, tmp, port, split=False, run=run, directory=known["records"], salt=salt)
         s = one["settings"]
         # The machine is shared and a single run of either side can be slowed by other work: both sides are
         # measured three times, alternating (raw, split, raw, split, raw, split), and each side's best run counts
@@ -310,7 +315,7 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         for i in range(3):
             raw_runs.append(asyncio.run(raw_consume_rate(s, one["raw_topic"], len(lines))))
             splits.append(_pipeline_rate(lines, tmp, port + 5 * (i + 1), split=True, run=run,
-                                         directory=known["records"]))
+                                         directory=known["records"], salt=salt))
         raws = [r[0] for r in raw_runs]
         raw_eps = max(raws)
         split = max(splits, key=lambda r: r["eps"])
@@ -364,7 +369,7 @@ def run_bench(events: int = 200_000, users: int = 20_000, keep: bool = False,
         result["directory_records"] = len(known["records"])
         from bench.identity import identity_figures
 
-        result.update(identity_figures(raw_eps, tmp, identity_persons, identity_ids))
+        result.update(identity_figures(raw_eps, tmp, identity_persons, identity_ids, Settings(pii_salt=salt)))
         if faust_baseline:
             n = min(len(lines), 50_000)
             rate = faust_agent_rate(s, one["raw_topic"], n, tmp / "faust-baseline")

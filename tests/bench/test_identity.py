@@ -24,10 +24,11 @@ from rules.loader import load_rules
 from streams.directory import DirectoryReplica
 
 Record = namedtuple("Record", "key value offset")
+SALTED = Settings(pii_salt="bench-test")
 
 
 def test_a_replica_holding_the_known_directory_resolves_nearly_every_event_itself(tmp_path: Path):
-    s = Settings()
+    s = Settings(pii_salt="bench-test")
     lines = bench_events(2_000, 200)
     known = known_directory(lines, s)
     assert known["events"] == 2_000
@@ -53,7 +54,7 @@ def test_new_person_events_are_a_visit_then_a_login_per_person():
 
 
 def test_the_link_writer_makes_every_new_person_and_merges_each_visit_into_its_login(tmp_path: Path):
-    r = link_writer_rate(1_000, tmp_path / "lw")
+    r = link_writer_rate(1_000, tmp_path / "lw", SALTED)
     assert r["events"] == 2_000
     assert r["merges"] == 1_000  # the visit's person into the user's
     assert r["links"] == 3_000  # anonymous id to device id; at login the email and the visit's person
@@ -64,7 +65,7 @@ def test_the_link_writer_makes_every_new_person_and_merges_each_visit_into_its_l
 
 
 def test_storage_counts_bytes_on_disk_for_both_databases(tmp_path: Path):
-    r = storage_bytes(2_000, tmp_path / "st")
+    r = storage_bytes(2_000, tmp_path / "st", SALTED)
     assert r["identifiers"] == 2_000 and r["persons"] == 2_000 // IDS_PER_PERSON
     assert r["link_writer_bytes"] > 0 and r["directory_bytes"] > 0
     assert r["link_writer_bytes_per_million_ids"] == round(r["link_writer_bytes"] * 500)
@@ -75,7 +76,7 @@ def test_storage_counts_bytes_on_disk_for_both_databases(tmp_path: Path):
 
 
 def test_the_bench_json_has_the_identity_keys_with_sane_values(tmp_path: Path):
-    out = identity_figures(100_000.0, tmp_path, 500, 2_000)
+    out = identity_figures(100_000.0, tmp_path, 500, 2_000, SALTED)
     assert {"identity_new_eps", "identity_new_ratio", "link_writer_bytes_per_million_ids",
             "directory_bytes_per_million_ids"} <= set(out)
     assert out["identity_new_ratio"] == round(out["identity_new_eps"] / 100_000, 3)
