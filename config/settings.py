@@ -83,12 +83,19 @@ class Settings(BaseSettings):
     def runs_persons(self) -> bool:
         return "persons" in self.roles.split(",")
 
+    @property
+    def salt_topic(self) -> str:
+        """Where a deployment without ``CDP_PII_SALT`` keeps the salt its first worker made (compacted)."""
+        return self.topic("internal.salt")
+
     @cached_property
     def salt(self) -> str:
-        """The salt of identifier hashes and OneIDs: ``CDP_PII_SALT``, else one made for this data directory at
-        its first use (``<CDP_DATA_DIR>/pii_salt``, 0600), so no deployment runs unsalted (a OneID or hash of an
-        unsalted phone number can be found by trying every number). Workers that share persons but not a data
-        directory must be given the same ``CDP_PII_SALT``; changing it re-keys every person."""
+        """The salt of identifier hashes and OneIDs: ``CDP_PII_SALT``, else the deployment's own, which its first
+        worker made and keeps on ``<prefix>.internal.salt`` (``streams.kafka.sync_salt`` copies it to
+        ``<CDP_DATA_DIR>/pii_salt``, 0600, where this reads it; with neither, one is made there). So no deployment
+        runs unsalted (a OneID or hash of an unsalted phone number can be found by trying every number), and a
+        replacement worker with an empty data directory uses the salt the others use. Changing it re-keys every
+        person."""
         if self.pii_salt:
             return self.pii_salt
         path = self.data_dir / "pii_salt"

@@ -17,6 +17,7 @@ from core.ids import identifier_hash, mask
 from core.split import split_request
 from ops.topics import publish_lines, wait_processed
 from rules.loader import IdentityRules, load_rules
+from streams.kafka import sync_salt
 
 
 def normalized(rules: IdentityRules, id_type: str, value: str) -> str | None:
@@ -55,6 +56,7 @@ def split_identifier(s: Settings, id_type: str, value: str, other: tuple[str, st
     """Send the split of ``id_type:value`` (from everything, or only its links with ``other``) and wait until it
     is carried out; ``error`` says why it was not sent."""
     rules = load_rules(s.resolved_rules_dir).identity
+    sync_salt(s)
     h, masked, error = _hash(s, rules, id_type, value)
     if error:
         return SplitRequest(id_type, masked, "", error)

@@ -148,7 +148,9 @@ def profile(settings: Settings, id_type: str, value: str, run: Run | None = None
     if run is not None:
         return person_profile(run, settings.salt, id_type, normal)
     from ops.worker import _on_clickhouse, worker_query
+    from streams.kafka import sync_salt
 
+    sync_salt(settings)  # hashed as the pipeline hashes (the deployment's salt)
     return _on_clickhouse(
         settings,
         lambda info: person_profile(lambda q: _rows(worker_query(info, q.sql, "JSONEachRow", q.params)),

@@ -332,7 +332,7 @@ def _link_writer(app: faust.App, settings: Settings, rules: RuleSet, sink: Click
             state.producer = batch_producer(settings, f"{settings.app_id}-identity", linger_ms=0)
             await state.producer.start()
         try:
-            async for events in stream.take_events(200, within=0.2):
+            async for events in stream.take_events(500, within=0.5):
                 fx = writer.process((ev.message.offset, ev.value) for ev in events)
                 await writer.complete(fx)
         finally:

@@ -150,10 +150,12 @@ class LinkWriter:
         fx = LinkEffects(f"{self.topic}:0:{first}-{last}")
         decided: list[Resolution] = []
         # The batch's events by (person partition, source): one envelope (or a few) each, so a backlog reaches the
-        # person stage in envelopes as large as the ingest's; flush as the batch's last input said.
+        # person stage in envelopes as large as the ingest's. Never marked flush: the ingest's envelopes and
+        # heartbeats close the person stage's sink batches (every CDP_SINK_FLUSH_MS while caught up, at most
+        # CDP_HEARTBEAT_S), so a slow-path event waits at most that long for its insert, and the link writer's
+        # own small batches never cut a backlog's inserts short.
         by_target: dict[tuple[int, str], list[EncodedEntry]] = {}
         watermarks: dict[str, int] = {}
-        flush = True
         for offset, value in items:
             if is_split_request(value):
                 self._split(value, fx)
@@ -168,7 +170,6 @@ class LinkWriter:
                                                     [{"field": "$", "error": repr(exc)}], iso(now_ms),
                                                     source={"topic": self.topic, "partition": 0, "offset": offset})))
                 continue
-            flush = env.flush
             watermarks[env.source] = max(env.watermark, watermarks.get(env.source, env.watermark))
             for en in env.entries:
                 if not en.ids:
@@ -188,7 +189,7 @@ class LinkWriter:
         # state moves to the survivor (else they reach a pointer and take one more hop).
         commands, fx.messages = fx.messages, []
         for (p, source), entries in by_target.items():
-            for raw in encode_envelopes(source, watermarks[source], entries, flush):
+            for raw in encode_envelopes(source, watermarks[source], entries, False):
                 fx.messages.append((self.person_topic, None, raw, p))
         fx.messages.extend(commands)
         ids, persons = self.graph.take_writes()

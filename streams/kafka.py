@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -94,6 +96,63 @@ def new_topics(s: Settings, names: list[str], layouts: Mapping[str, TopicLayout]
 
 class TopicSetupError(RuntimeError):
     """The cluster refused to create a topic the pipeline needs, or its partitions got no leader in time."""
+
+
+# Kept forever and never compacted: the record at offset 0 is the salt, whoever wrote one after it.
+SALT_LAYOUT = TopicLayout(partitions=1, configs={"cleanup.policy": "delete", "retention.ms": "-1",
+                                                 "retention.bytes": "-1"})
+
+
+async def deployment_salt(s: Settings) -> str:
+    """The salt kept on ``s.salt_topic``: the first record ever written there (of two workers starting at once,
+    both take the one at offset 0), written now, random, if there is none."""
+    await ensure_topics(s, [s.salt_topic], layouts={s.salt_topic: SALT_LAYOUT})
+    tp = TopicPartition(s.salt_topic, 0)
+    for attempt in range(2):
+        consumer = AIOKafkaConsumer(**client_kwargs(s), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            if end > 0:
+                consumer.seek(tp, 0)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    got = (await consumer.getmany(tp, timeout_ms=1000)).get(tp)
+                    if got:
+                        return bytes(got[0].value).decode()
+                raise RuntimeError(f"the salt on {s.salt_topic} could not be read")
+        finally:
+            await consumer.stop()
+        if attempt == 0:
+            producer = AIOKafkaProducer(**client_kwargs(s), acks="all", enable_idempotence=True)
+            await producer.start()
+            try:
+                await producer.send_and_wait(s.salt_topic, secrets.token_hex(32).encode(), key=b"pii_salt",
+                                             partition=0)
+            finally:
+                await producer.stop()
+    raise RuntimeError(f"no salt on {s.salt_topic} after writing one")
+
+
+def sync_salt(s: Settings) -> str:
+    """Make ``s.salt`` the deployment's (unless ``CDP_PII_SALT`` sets it): read it from Kafka, keep it in the data
+    directory. Runs its own event loop on a thread, so it may be called from inside one."""
+    if s.pii_salt:
+        return s.pii_salt
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        salt = pool.submit(asyncio.run, deployment_salt(s)).result()
+    path = s.data_dir / "pii_salt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"pii_salt.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(salt)
+    os.replace(tmp, path)
+    s.__dict__.pop("salt", None)  # the cached value, if it was read before
+    return salt
 
 
 async def ensure_topics(s: Settings, names: list[str] | None = None, leader_timeout_s: float = 30.0,

@@ -330,7 +330,10 @@ class PersonStage:
         a directory replica that was behind) to their survivors' partitions."""
         moved: dict[str, list[EncodedEntry]] = {}
         for pk in {en.pk for en in entries}:
-            into = self._state(states, partition, pk).merged_into
+            try:
+                into = self._state(states, partition, pk).merged_into
+            except Exception:  # a stored state that cannot be read: the fold dead-letters this person's events
+                continue
             if into:
                 moved[pk] = []
         if not moved:

@@ -11,13 +11,14 @@ import faust
 from config.settings import Settings
 from sinks.clickhouse import ClickHouseSink
 from streams.app import build_pipeline
-from streams.kafka import ensure_topics
+from streams.kafka import ensure_topics, sync_salt
 
 
 def run_worker(s: Settings) -> None:
     """``cdp worker``: the topics, the ClickHouse schema (person-stage workers), then Faust's worker until stopped."""
     logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(ensure_topics(s))
+    sync_salt(s)  # the deployment's salt (CDP_PII_SALT, else the one its first worker made), before any hash
     sink = None
     if s.runs_persons:  # ingest-only workers hold no ClickHouse (so they can run beside an embedded one)
         sink = ClickHouseSink(s.clickhouse_url, insert_clients=s.sink_insert_threads)

@@ -54,6 +54,9 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         "CDP_WEB_PORT": str(free_port()),
         "CDP_PARTITIONS": "2",
         "CDP_LOG_LEVEL": "INFO",
+        # Every process of the test hashes identifiers alike (a worker would otherwise take the deployment's salt
+        # from Kafka: tests/streams/test_salt.py).
+        "CDP_PII_SALT": uuid.uuid4().hex,
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

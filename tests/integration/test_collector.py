@@ -36,11 +36,11 @@ def test_segment_sdk_calls_reach_clickhouse_with_their_fields(deployment):
         assert post_json(w.url + "/v1/track", b'{"messageId":"x","event":"e","userId":"u"}', "wrong-key") == 401
         run(wait_processed(s, timeout_s=120))
         rows = [orjson.loads(line) for line in query(
-            s, "SELECT message_id, oneid, type, event, name, properties FROM cdp.events ORDER BY message_id",
+            s, "SELECT message_id, oneid, type, event, name, properties FROM cdp.events_resolved ORDER BY message_id",
             "JSONEachRow").splitlines()]
     by_id = {r["message_id"]: r for r in rows}
     assert set(by_id) == {"sdk-1", "sdk-2", "sdk-3", "sdk-4", *(f"sdk-batch-{i}" for i in range(5))}
-    person = oneid_of("user_id", "u-sdk")
+    person = oneid_of("user_id", "u-sdk", s.salt)
     assert all(by_id[m]["oneid"] == person for m in ("sdk-1", "sdk-2", "sdk-3", "sdk-4"))
     assert by_id["sdk-1"]["type"] == "identify"
     assert by_id["sdk-2"]["event"] == "add_to_cart" and orjson.loads(by_id["sdk-2"]["properties"])["sku"] == "S-1"
@@ -48,4 +48,4 @@ def test_segment_sdk_calls_reach_clickhouse_with_their_fields(deployment):
     assert by_id["sdk-4"]["type"] == "alias"
     batch = [by_id[f"sdk-batch-{i}"] for i in range(5)]
     assert {r["event"] for r in batch} == {"product_view"}
-    assert {r["oneid"] for r in batch} == {oneid_of("anonymous_id", "anon-batch")}
+    assert {r["oneid"] for r in batch} == {oneid_of("anonymous_id", "anon-batch", s.salt)}

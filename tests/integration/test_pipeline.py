@@ -124,7 +124,7 @@ def test_trigger_emits_exactly_one_action_per_person(deployment):
         assert count(s, "SELECT count() FROM cdp.action_feedback FINAL") == 4
         assert run(dlq_stats(s)) == {("validate", "feedback_schema"): 1}
     actions = [orjson.loads(m.value) for m in msgs]
-    expected = {oneid_of("user_id", f"person-{i}") for i in range(2, 6)}
+    expected = {oneid_of("user_id", f"person-{i}", s.salt) for i in range(2, 6)}
     assert len(actions) == 4 and {a["oneid"] for a in actions} == expected
     assert {m.key.decode() for m in msgs} == expected
     for a in actions:

@@ -16,7 +16,10 @@ from core.ingest import RawRecord, ingest_records
 from core.person import PersonState
 from schemas.bad_rows import NOT_EVENTS, BadRow
 from streams.persons import PersonStage
+from tests.core.helpers import keyed_by_user_id
 from tests.streams.test_person_cache import RULES, T0, MemoryStore
+
+PERSONS = keyed_by_user_id("ann", "bob", "cy")
 
 SENT: list[tuple[bytes | None, BadRow]] = []
 
@@ -42,7 +45,7 @@ def stage(store: MemoryStore | None = None) -> PersonStage:
 
 def envelope(docs: list[dict], wm: int = T0) -> bytes:
     raw = [RawRecord("cdp.events.raw", 3, 100 + i, T0, None, orjson.dumps(d)) for i, d in enumerate(docs)]
-    res = ingest_records(raw, RULES, 1, T0 + 60_000)
+    res = ingest_records(raw, RULES, 1, T0 + 60_000, resolve=PERSONS)
     assert not res.bad_rows
     return encode_envelopes("test", wm, res.entries[0], flush=True)[0]
 
@@ -78,7 +81,8 @@ async def test_a_person_whose_processing_raises_is_dead_lettered_and_the_others_
     # Each payload is the event as an app could send it again: after the fix, `cdp dlq replay` makes the same
     # entries of them (the same person, event time and row).
     def entry(raw: bytes, offset: int, at: int):
-        [e] = ingest_records([RawRecord("cdp.events.raw", 3, offset, at, None, raw)], RULES, 1, at).entries[0]
+        [e] = ingest_records([RawRecord("cdp.events.raw", 3, offset, at, None, raw)], RULES, 1, at,
+                              resolve=PERSONS).entries[0]
         en = decode_entry(e)
         return en.pk, en.ts, en.rcv, en.row
 
@@ -95,7 +99,8 @@ async def test_a_person_whose_processing_raises_is_dead_lettered_and_the_others_
     s._cache["user_id:bob"][1].counts["product_view"] = 3
     replay = [RawRecord("cdp.events.raw", 3, 200 + i, T0 + 99_000, None, row.original_bytes())
               for i, (_, row) in enumerate(SENT)]
-    fx, _ = s.take(0, 2, encode_envelopes("test", T0, ingest_records(replay, RULES, 1, T0 + 99_000).entries[0])[0],
+    fx, _ = s.take(0, 2, encode_envelopes("test", T0, ingest_records(replay, RULES, 1, T0 + 99_000,
+                                                                     resolve=PERSONS).entries[0])[0],
                    "h2")
     assert sorted(orjson.loads(line)[1] for line in fx.event_lines) == ["m1", "m2"] and s.stats.duplicates == 0
 
