@@ -3,7 +3,6 @@ chDB) and read back as built; times exact to the millisecond; a replayed batch c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
@@ -11,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.identity import IdentityRow, Link, Merge, Refusal, Resolution
 from core.identity_rows import (
     IDENTITY_COLUMNS,
     IDENTITY_TABLES,
@@ -25,59 +25,6 @@ from core.identity_rows import (
     resolution_lines,
 )
 from sinks import clickhouse
-
-
-# Stand-ins with the attribute names of core.identity's IdentityRow, Merge, Link, Refusal and Resolution.
-@dataclass(frozen=True)
-class IdentityRow:
-    id_type: str
-    id_hash: str
-    masked: str
-    oneid: str
-    first_seen: int
-    updated_at: int
-
-
-@dataclass(frozen=True)
-class Merge:
-    from_oneid: str
-    into_oneid: str
-    at: int
-    message_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Link:
-    id_type: str
-    id_hash: str
-    other_type: str
-    other_hash: str
-    oneid: str
-    at: int
-    message_id: str
-
-
-@dataclass(frozen=True)
-class Refusal:
-    reason: str
-    id_type: str
-    id_hash: str
-    masked: str
-    oneid: str
-    other_oneid: str
-    at: int
-    message_id: str
-
-
-@dataclass
-class Resolution:
-    oneid: str
-    identities: list[IdentityRow] = field(default_factory=list)
-    merges: list[Merge] = field(default_factory=list)
-    links: list[Link] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
-
 
 T0 = 1_767_225_600_123  # 2026-01-01 00:00:00.123 UTC
 # Times where a fraction is easily lost: a millisecond either side of a second, the epoch, far ahead.

@@ -5,7 +5,6 @@ nobody else's; an unknown identifier named masked. Against real chDB, with rows 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from cdp_cli.main import main
 from config.settings import Settings
+from core.identity import IdentityRow, Link, Merge, Refusal
 from core.identity_rows import identity_lines, link_lines, merge_lines, refusal_lines
 from core.ids import identifier_hash, mask, oneid_for_hash
 from core.rows import action_row
@@ -35,48 +35,6 @@ T0 = 1_767_225_600_000  # 2026-01-01 00:00:00 UTC
 def text(ms: int) -> str:
     """A DateTime64(3, 'UTC') as ClickHouse's JSON output writes it."""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
-
-
-@dataclass(frozen=True)
-class IdentityRow:
-    id_type: str
-    id_hash: str
-    masked: str
-    oneid: str
-    first_seen: int
-    updated_at: int
-
-
-@dataclass(frozen=True)
-class Merge:
-    from_oneid: str
-    into_oneid: str
-    at: int
-    message_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Link:
-    id_type: str
-    id_hash: str
-    other_type: str
-    other_hash: str
-    oneid: str
-    at: int
-    message_id: str
-
-
-@dataclass(frozen=True)
-class Refusal:
-    reason: str
-    id_type: str
-    id_hash: str
-    masked: str
-    oneid: str
-    other_oneid: str
-    at: int
-    message_id: str
 
 
 class World:
